@@ -1,0 +1,130 @@
+"""Turn a model file into an `nn.Module`, accepting only formats that are safe or explicitly trusted."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camrt.errors import ModelLoadError
+
+FORMATS = (
+    "a torch.export program (.pt2, from torch.export.save), "
+    "a state dict with --arch MODULE:CALLABLE, "
+    "or a pickled nn.Module (torch.save(model)) with --trust-pickle"
+)
+
+
+def build_arch(spec: str) -> nn.Module:
+    """Call `MODULE:CALLABLE` with no arguments; it must return an nn.Module."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ModelLoadError(f"--arch '{spec}' is not MODULE:CALLABLE (for example torchvision.models:resnet50)")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelLoadError(f"--arch: cannot import module '{mod_name}': {e}") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"--arch: module '{mod_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelLoadError(f"--arch: '{spec}' is not callable")
+    try:
+        model = obj()
+    except Exception as e:  # noqa: BLE001 - user code
+        raise ModelLoadError(f"--arch: calling '{spec}()' failed: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"--arch: '{spec}()' returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _state_dict(obj: object) -> dict[str, torch.Tensor] | None:
+    """The state dict inside a loaded checkpoint, if it is one (also under 'state_dict' or 'model')."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict) and len(obj) <= 4:
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
+    """Load a model for export. See `FORMATS` for what is accepted."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        raise ModelLoadError(f"'{path}' is a directory; give the model file ({FORMATS})")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"model file '{path}' is not readable (check its permissions)")
+    if path.suffix == ".pt2":
+        if arch:
+            raise ModelLoadError("a .pt2 program carries its own architecture; drop --arch")
+        try:
+            program = torch.export.load(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"'{path}' is not a readable torch.export program: {e}") from e
+        # unflatten restores the module hierarchy, so target layers can be named as in the source.
+        return torch.export.unflatten(program)
+    if _is_torchscript(path):
+        raise ModelLoadError(
+            f"'{path}' is a TorchScript archive, which camrt cannot export (its modules cannot be "
+            f"hooked to take the gradient). Export the original model instead: {FORMATS}"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e):
+            raise ModelLoadError(f"'{path}' is not a PyTorch model file; expected {FORMATS}") from e
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"'{path}' is a pickled object, and unpickling runs code stored in the file. If you trust "
+                "its source, pass --trust-pickle (trust_pickle=True); otherwise save a state dict "
+                "(torch.save(model.state_dict())) and pass --arch MODULE:CALLABLE"
+            ) from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001 - unpickling user code can raise anything
+            raise ModelLoadError(f"unpickling '{path}' failed: {e2}") from e2
+    except Exception as e:  # noqa: BLE001 - torch raises several types for foreign files
+        raise ModelLoadError(f"'{path}' is not a PyTorch model file ({e.__class__.__name__}); expected {FORMATS}") from e
+    if isinstance(obj, nn.Module):
+        if arch:
+            raise ModelLoadError("the file holds a whole nn.Module; drop --arch")
+        return obj
+    state = _state_dict(obj)
+    if state is None:
+        raise ModelLoadError(f"'{path}' holds a {type(obj).__name__}, not a model or a state dict; expected {FORMATS}")
+    if not arch:
+        raise ModelLoadError(f"'{path}' is a state dict (weights only); pass --arch MODULE:CALLABLE that builds "
+                             "the model, for example --arch torchvision.models:resnet50")
+    model = build_arch(arch)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise ModelLoadError(f"the weights in '{path}' do not fit --arch {arch}: {first}") from e
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(
+            f"the weights in '{path}' do not fit --arch {arch}: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:2]})"
+        )
+    return model

@@ -1,0 +1,180 @@
+"""Trace `(input, class_idx) -> (logits, class_idx_used, A_1.., G_1..)` into an FX graph.
+
+The gradient G_l = ∂ logits[n, c_n] / ∂ A_l[n] is computed by autograd inside the traced
+function; `make_fx` records the backward pass as ordinary ATen ops, which the ONNX exporter can
+translate. The class is selected with a one-hot product rather than `gather` (whose backward
+becomes ScatterElements, poorly supported by the CUDA provider). Summing the selected scores
+over the batch gives per-image gradients because images do not interact in eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError
+from camrt.exporter.rules import backward_decompositions
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """A module seen during one eager forward: how often it ran and what it returned."""
+
+    name: str
+    type: str
+    calls: int
+    shape: tuple[int, ...] | None  # None when the output is not a single tensor
+
+
+def select_output(out: object, output_index: int | None) -> torch.Tensor:
+    """Pick the class-score tensor from whatever the model returns."""
+    if isinstance(out, torch.Tensor):
+        if output_index not in (None, 0):
+            raise InputError(f"the model returns one tensor; --output-index {output_index} does not exist")
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        if output_index is None:
+            raise InputError(
+                f"the model returns {len(out)} outputs; choose the class scores with --output-index "
+                "(output_index=) 0.." + str(len(out) - 1)
+            )
+        if not -len(out) <= output_index < len(out):
+            raise InputError(f"--output-index {output_index} is out of range: the model returns {len(out)} outputs")
+        chosen = out[output_index]
+        if isinstance(chosen, torch.Tensor):
+            return chosen
+    raise InputError(f"the model's output is a {type(out).__name__}, not a tensor of class scores")
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the duration; the caller's model is put back."""
+    training = model.training
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in grads:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+def survey(model: nn.Module, example: torch.Tensor) -> dict[str, LayerRecord]:
+    """Run the model once eagerly and record, for every named module, its call count and output shape."""
+    calls: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_mod: nn.Module, _inp: object, out: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            shapes[name] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+
+        return hook
+
+    modules = {n: m for n, m in model.named_modules() if n}
+    for name, mod in modules.items():
+        handles.append(mod.register_forward_hook(make_hook(name)))
+    try:
+        with frozen_eval(model), torch.no_grad():
+            model(example)
+    except Exception as e:  # noqa: BLE001 - any failure here means the shape is wrong for this model
+        raise InputError(f"the model rejects an input of shape {tuple(example.shape)}: {e}. "
+                         "Pass the shape it expects with --input-shape N,C,H,W") from e
+    finally:
+        for h in handles:
+            h.remove()
+    return {
+        n: LayerRecord(n, type(m).__name__, calls.get(n, 0), shapes.get(n))
+        for n, m in modules.items()
+    }
+
+
+def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None:
+    """Each target layer must exist, run exactly once per forward and return an N×C×h×w map."""
+    if not layers:
+        raise LayerError("no target layer given; pick one from `camrt layers MODEL` and pass --layer NAME")
+    if len(set(layers)) != len(layers):
+        raise LayerError(f"a target layer is named twice in {list(layers)}")
+    for name in layers:
+        rec = records.get(name)
+        if rec is None:
+            close = difflib.get_close_matches(name, list(records), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `camrt layers MODEL` lists them"
+            raise LayerError(f"the model has no layer named '{name}'{hint}")
+        if rec.calls != 1:
+            raise LayerError(
+                f"layer '{name}' ({rec.type}) runs {rec.calls} times per forward, so its output is not one "
+                "feature map; choose a module that runs once (a shared activation such as one ReLU "
+                "reused by several blocks cannot be a target: pick the block or the layer before it)"
+            )
+        if rec.shape is None or len(rec.shape) != 4:
+            got = "not a single tensor" if rec.shape is None else f"of shape {rec.shape}"
+            raise LayerError(
+                f"layer '{name}' ({rec.type}) returns output {got}; a target layer must return an "
+                "N×C×H×W feature map (token models are not supported yet)"
+            )
+
+
+def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | None):
+    """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G)."""
+    modules = dict(model.named_modules())
+
+    def f(x: torch.Tensor, class_idx: torch.Tensor):
+        acts: dict[str, torch.Tensor] = {}
+
+        def make_hook(name: str):
+            def hook(_mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+                # The first target in execution order becomes a leaf; later targets stay in the
+                # autograd graph so the gradient still flows through them to earlier targets.
+                if not out.requires_grad:
+                    out = out.detach().requires_grad_(True)
+                acts[name] = out
+                return out
+
+            return hook
+
+        handles = [modules[n].register_forward_hook(make_hook(n)) for n in layers]
+        try:
+            with torch.enable_grad():
+                logits = select_output(model(x), output_index)
+                top = logits.argmax(dim=1)
+                used = torch.where(class_idx == -1, top, class_idx)
+                onehot = (torch.arange(logits.shape[1], device=logits.device) == used[:, None]).to(logits.dtype)
+                score = (logits * onehot).sum()
+                grads = torch.autograd.grad(score, [acts[n] for n in layers])
+        finally:
+            for h in handles:
+                h.remove()
+        return (logits.detach(), used, *(acts[n].detach() for n in layers), *grads)
+
+    return f
+
+
+def trace(model: nn.Module, example: torch.Tensor, layers: Sequence[str], output_index: int | None) -> torch.fx.GraphModule:
+    """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions."""
+    f = cam_function(model, layers, output_index)
+    if example.shape[0] == 1:  # symbolic tracing specialises a size-1 batch to a constant
+        example = torch.cat([example, example.flip(0)])
+    cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
+    try:
+        with frozen_eval(model), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            return make_fx(
+                f, tracing_mode="symbolic", _allow_non_fake_inputs=True,
+                decomposition_table=backward_decompositions(),
+            )(example, cls)
+    except NotImplementedError as e:
+        raise UnsupportedOpError(f"tracing the gradient failed on an unsupported operation: {e}") from e
+    except RuntimeError as e:
+        raise ExportError(f"tracing the model with its gradient failed: {e}") from e

@@ -1,0 +1,38 @@
+"""Graph passes: small, pure `ModelProto -> ModelProto` steps, run from visible lists.
+
+Every pass returns a new model and leaves its argument untouched. The exporter runs
+`export_passes(...)`; the engine runs `forward_only` and `tail` to get cheap sub-graphs
+(ONNX Runtime computes every node of a graph whatever outputs are requested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import onnx
+
+from camrt.graph.class_idx import default_class_idx, guard_class_idx
+from camrt.graph.metadata import attach_manifest
+from camrt.graph.subgraph import forward_only, tail
+
+Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
+
+
+def run_passes(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProto:
+    """Apply `passes` in order."""
+    for p in passes:
+        model = p(model)
+    return model
+
+
+def export_passes(num_classes: int, manifest_json: str) -> list[Pass]:
+    """What the exporter does to the graph torch.onnx wrote, in order."""
+    return [
+        guard_class_idx(num_classes),
+        default_class_idx,
+        attach_manifest(manifest_json),
+    ]
+
+
+__all__ = ["Pass", "run_passes", "export_passes", "forward_only", "tail",
+           "default_class_idx", "guard_class_idx", "attach_manifest"]

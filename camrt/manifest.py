@@ -1,0 +1,94 @@
+"""The JSON manifest that travels inside every camrt model (`metadata_props["camrt"]`).
+
+It is public API: the engine reads the preprocessing, layer names and labels from it, and so can
+any other runtime. Output names are fixed: `logits`, `class_idx_used`, and per target layer L,
+`activation.L` and `gradient.L`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+METADATA_KEY = "camrt"
+FORMAT_VERSION = 1
+
+INPUT = "input"
+CLASS_IDX = "class_idx"
+LOGITS = "logits"
+CLASS_IDX_USED = "class_idx_used"
+
+
+def activation_name(layer: str) -> str:
+    return f"activation.{layer}"
+
+
+def gradient_name(layer: str) -> str:
+    return f"gradient.{layer}"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A target layer: its module name and its per-image output shape C×h×w."""
+
+    name: str
+    shape: tuple[int, int, int]
+
+    @property
+    def activation(self) -> str:
+        return activation_name(self.name)
+
+    @property
+    def gradient(self) -> str:
+        return gradient_name(self.name)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB uint8 image becomes the model input: resize to the input's H×W (bilinear),
+    scale to [0, 1], then `(x - mean) / std` per channel."""
+
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    resize: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    input_shape: tuple[int, int, int, int]  # example shape N×C×H×W; N is dynamic in the graph
+    num_classes: int
+    layers: tuple[Layer, ...]
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    labels: tuple[str, ...] | None = None
+    camrt_version: str = ""
+    weights_sha256: str = ""
+    source: str = ""
+    opset: int = 0
+    format_version: int = FORMAT_VERSION
+
+    def layer(self, name: str | None) -> Layer:
+        """The target layer called `name`, or the only/last one when `name` is None."""
+        if name is None:
+            return self.layers[-1]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        known = ", ".join(la.name for la in self.layers)
+        raise KeyError(f"the model has no target layer '{name}'; it was exported with: {known}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        d = json.loads(text)
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"camrt manifest format {d.get('format_version')} is not {FORMAT_VERSION}; "
+                             "re-export the model with this camrt version")
+        d["input_shape"] = tuple(d["input_shape"])
+        d["layers"] = tuple(Layer(la["name"], tuple(la["shape"])) for la in d["layers"])
+        p = d["preprocessing"]
+        d["preprocessing"] = Preprocessing(tuple(p["mean"]), tuple(p["std"]), p["resize"])
+        if d.get("labels") is not None:
+            d["labels"] = tuple(d["labels"])
+        return cls(**d)
