@@ -78,15 +78,13 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
 def _check_with_ort(path: Path, model: nn.Module, manifest: Manifest, output_index: int | None) -> None:
     """Run the written file on a fresh input (another batch size and seed than the export
     example, one explicit class and the rest top-1) and compare with eager autograd."""
-    import onnxruntime as ort  # the exporter's self-check; the engine owns run-time sessions
+    from camrt.engine.session import open_session  # the engine owns onnxruntime
 
     n = 2 if manifest.input_shape[0] != 2 else 3
     x = _example((n, *manifest.input_shape[1:]), seed=1234)
     cls = np.full(n, -1, dtype=np.int64)
     cls[-1] = (n * 7919) % manifest.num_classes
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = open_session(path, device="cpu")
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls})))
     ref = verify.eager_outputs(model, x, torch.from_numpy(cls), [la.name for la in manifest.layers], output_index)

@@ -1,0 +1,145 @@
+"""The `camrt` command: thin click commands, one library call each. Errors become one line on
+stderr and a non-zero exit; `--traceback` shows the full trace for bug reports."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from camrt.errors import CamrtError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 1
+
+
+def _int_list(text: str, name: str, count: int | None = None) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers", param_hint=name) from None
+    if count is not None and len(values) != count:
+        raise click.BadParameter(f"'{text}' needs {count} values", param_hint=name)
+    return values
+
+
+def _float_list(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=name) from None
+
+
+def _read_labels(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise click.BadParameter(f"cannot read '{path}': {e.strerror}", param_hint="--labels") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def friendly(f):
+    """Turn camrt errors into one line on stderr; unexpected ones too unless --traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return f(*args, **kwargs)
+        except CamrtError as e:
+            if ctx.obj and ctx.obj.get("traceback"):
+                raise
+            click.echo(f"camrt: error: {e}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("camrt: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback unless asked
+            if ctx.obj and ctx.obj.get("traceback"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            click.echo(f"camrt: internal error ({type(e).__name__}): {first} (rerun with --traceback to report it)",
+                       err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--traceback", is_flag=True, help="Show full tracebacks (for bug reports).")
+@click.version_option(package_name="camrt")
+@click.pass_context
+def main(ctx: click.Context, traceback: bool) -> None:
+    """camrt: class activation maps inside ONNX models."""
+    ctx.obj = {"traceback": traceback}
+
+
+_model_options = [
+    click.option("--arch", help="MODULE:CALLABLE that builds the model, for a state-dict file."),
+    click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (unpickling runs code from the file)."),
+    click.option("--input-shape", default="1,3,224,224", show_default=True, help="Example input N,C,H,W."),
+]
+
+
+def model_options(f):
+    for opt in reversed(_model_options):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@model_options
+@friendly
+def layers(model: str, arch: str | None, trust_pickle: bool, input_shape: str) -> None:
+    """List MODEL's modules with output shapes, to pick a target layer."""
+    from camrt import list_layers
+
+    records = list_layers(model, _int_list(input_shape, "--input-shape", 4), arch=arch, trust_pickle=trust_pickle)
+    width = max((len(r.name) for r in records), default=4)
+    click.echo(f"{'name':<{width}}  {'type':<24} {'output shape':<20} note")
+    for r in records:
+        shape = "×".join(map(str, r.shape)) if r.shape else "-"
+        note = "" if r.calls == 1 else ("never runs" if r.calls == 0 else f"runs {r.calls}× (not a target)")
+        if r.calls == 1 and r.shape is not None and len(r.shape) == 4:
+            note = "feature map"
+        click.echo(f"{r.name:<{width}}  {r.type:<24} {shape:<20} {note}")
+
+
+@main.command("export")
+@click.argument("model", type=click.Path())
+@click.option("--layer", "layer_names", multiple=True, required=True, help="Target layer (repeat for several).")
+@click.option("-o", "--output", type=click.Path(), help="Output file [default: MODEL stem + .cam.onnx].")
+@model_options
+@click.option("--opset", type=int, default=20, show_default=True)
+@click.option("--output-index", type=int, help="Which model output holds the class scores.")
+@click.option("--mean", help="Per-channel mean on [0,1] pixels, e.g. 0.485,0.456,0.406 (ImageNet default).")
+@click.option("--std", help="Per-channel std on [0,1] pixels, e.g. 0.229,0.224,0.225 (ImageNet default).")
+@click.option("--labels", "labels_file", type=click.Path(), help="Text file with one class name per line.")
+@friendly
+def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
+               input_shape: str, opset: int, output_index: int | None, mean: str | None, std: str | None,
+               labels_file: str | None) -> None:
+    """Export MODEL to ONNX with logits, activations and class-score gradients."""
+    from camrt import export
+    from camrt.manifest import Preprocessing
+
+    out = output or str(Path(model).with_suffix("").name) + ".cam.onnx"
+    manifest = export(
+        model, out, layer_names, _int_list(input_shape, "--input-shape", 4), arch=arch, trust_pickle=trust_pickle,
+        output_index=output_index, opset=opset,
+        mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
+        labels=_read_labels(labels_file),
+    )
+    shapes = ", ".join(f"{la.name} {'×'.join(map(str, la.shape))}" for la in manifest.layers)
+    click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}; verified against eager PyTorch")
+
+
+if __name__ == "__main__":
+    main()
