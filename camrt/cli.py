@@ -82,7 +82,8 @@ def main(ctx: click.Context, traceback: bool) -> None:
 
 _model_options = [
     click.option("--arch", help="MODULE:CALLABLE that builds the model, for a state-dict file."),
-    click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (unpickling runs code from the file)."),
+    click.option("--trust-pickle", is_flag=True,
+                 help="Allow a pickled nn.Module (unpickling runs code from the file)."),
     click.option("--input-shape", default="1,3,224,224", show_default=True, help="Example input N,C,H,W."),
 ]
 

@@ -22,8 +22,17 @@ from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace
 from camrt.graph import export_passes, run_passes
-from camrt.manifest import (CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, Layer, Manifest, Preprocessing,
-                            activation_name, gradient_name)
+from camrt.manifest import (
+    CLASS_IDX,
+    CLASS_IDX_USED,
+    INPUT,
+    LOGITS,
+    Layer,
+    Manifest,
+    Preprocessing,
+    activation_name,
+    gradient_name,
+)
 
 DEFAULT_OPSET = 20
 
@@ -32,7 +41,8 @@ def _weights_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        t = t.detach().cpu()
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -71,7 +81,8 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
                    or "Unsupported FX nodes" in line or "not supported" in line.lower()]
         if missing:
             raise UnsupportedOpError(f"ONNX export failed on an unsupported operator: {missing[0][:300]}") from e
-        raise ExportError(f"ONNX export failed: {text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__}") from e
+        first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+        raise ExportError(f"ONNX export failed: {first}") from e
     return program.model_proto
 
 
@@ -86,7 +97,7 @@ def _check_with_ort(path: Path, model: nn.Module, manifest: Manifest, output_ind
     cls[-1] = (n * 7919) % manifest.num_classes
     sess = open_session(path, device="cpu")
     names = [o.name for o in sess.get_outputs()]
-    got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls})))
+    got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls}), strict=True))
     ref = verify.eager_outputs(model, x, torch.from_numpy(cls), [la.name for la in manifest.layers], output_index)
     problems = [m for k in ref if (m := verify.compare(k, got[k], ref[k])) is not None]
     if problems:

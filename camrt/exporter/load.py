@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -20,15 +22,38 @@ FORMATS = (
 )
 
 
+def _import_arch_module(mod_name: str):
+    """Import `mod_name`: a .py file path, or a dotted module name looked up on sys.path and then
+    in the working directory (as `python -m` would; sys.path is restored afterwards)."""
+    if mod_name.endswith(".py"):
+        file = Path(mod_name)
+        if not file.is_file():
+            raise ModelLoadError(f"--arch: file '{mod_name}' does not exist")
+        spec = importlib.util.spec_from_file_location(f"camrt_arch_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - user code
+            raise ModelLoadError(f"--arch: running '{mod_name}' failed: {e}") from e
+        return module
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelLoadError(f"--arch: cannot import module '{mod_name}': {e}") from e
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+
+
 def build_arch(spec: str) -> nn.Module:
     """Call `MODULE:CALLABLE` with no arguments; it must return an nn.Module."""
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise ModelLoadError(f"--arch '{spec}' is not MODULE:CALLABLE (for example torchvision.models:resnet50)")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ModelLoadError(f"--arch: cannot import module '{mod_name}': {e}") from e
+    module = _import_arch_module(mod_name)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -81,6 +106,17 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
             program = torch.export.load(str(path))
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"'{path}' is not a readable torch.export program: {e}") from e
+        # A program exported without dynamic_shapes (torch.export's default) refuses any other batch
+        # size, but the exported graph has a dynamic batch and is traced and verified at other sizes.
+        user_inputs = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
+            val = node.meta.get("val") if node.op == "placeholder" and node.name in user_inputs else None
+            if isinstance(val, torch.Tensor) and val.dim() > 0 and isinstance(val.shape[0], int):
+                raise ModelLoadError(
+                    f"'{path}' was exported with a fixed batch size of {val.shape[0]}; camrt needs a dynamic "
+                    "batch. Re-export with an example batch of 2 or more and "
+                    "dynamic_shapes=({0: torch.export.Dim('batch')},)"
+                )
         # unflatten restores the module hierarchy, so target layers can be named as in the source.
         return torch.export.unflatten(program)
     if _is_torchscript(path):
@@ -104,7 +140,8 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
         except Exception as e2:  # noqa: BLE001 - unpickling user code can raise anything
             raise ModelLoadError(f"unpickling '{path}' failed: {e2}") from e2
     except Exception as e:  # noqa: BLE001 - torch raises several types for foreign files
-        raise ModelLoadError(f"'{path}' is not a PyTorch model file ({e.__class__.__name__}); expected {FORMATS}") from e
+        kind = e.__class__.__name__
+        raise ModelLoadError(f"'{path}' is not a PyTorch model file ({kind}); expected {FORMATS}") from e
     if isinstance(obj, nn.Module):
         if arch:
             raise ModelLoadError("the file holds a whole nn.Module; drop --arch")

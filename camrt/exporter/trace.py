@@ -19,6 +19,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError
+from camrt.exporter.fx_passes import simplify
 from camrt.exporter.rules import backward_decompositions
 
 
@@ -141,7 +142,9 @@ def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | No
                 if not out.requires_grad:
                     out = out.detach().requires_grad_(True)
                 acts[name] = out
-                return out
+                # The network continues on a copy, so an in-place op that follows (ReLU(inplace=True)
+                # after a BatchNorm target) cannot overwrite the recorded activation.
+                return out.clone()
 
             return hook
 
@@ -162,7 +165,9 @@ def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | No
     return f
 
 
-def trace(model: nn.Module, example: torch.Tensor, layers: Sequence[str], output_index: int | None) -> torch.fx.GraphModule:
+def trace(
+    model: nn.Module, example: torch.Tensor, layers: Sequence[str], output_index: int | None
+) -> torch.fx.GraphModule:
     """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions."""
     f = cam_function(model, layers, output_index)
     if example.shape[0] == 1:  # symbolic tracing specialises a size-1 batch to a constant
@@ -170,7 +175,7 @@ def trace(model: nn.Module, example: torch.Tensor, layers: Sequence[str], output
     cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
     try:
         with frozen_eval(model), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-            return make_fx(
+            gm = make_fx(
                 f, tracing_mode="symbolic", _allow_non_fake_inputs=True,
                 decomposition_table=backward_decompositions(),
             )(example, cls)
@@ -178,3 +183,4 @@ def trace(model: nn.Module, example: torch.Tensor, layers: Sequence[str], output
         raise UnsupportedOpError(f"tracing the gradient failed on an unsupported operation: {e}") from e
     except RuntimeError as e:
         raise ExportError(f"tracing the model with its gradient failed: {e}") from e
+    return simplify(gm)

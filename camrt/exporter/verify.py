@@ -39,7 +39,15 @@ def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, la
     """Logits, used class and per-layer activation and gradient by plain eager autograd."""
     modules = dict(model.named_modules())
     acts: dict[str, torch.Tensor] = {}
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n in layers]
+
+    def make_hook(name: str):
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+            acts[name] = out
+            return out.clone()  # keep the recorded output safe from a following in-place op
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(make_hook(n)) for n in layers]
     try:
         with frozen_eval(model):
             xg = x.clone().requires_grad_(True)  # so every activation is in the autograd graph
@@ -50,7 +58,7 @@ def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, la
         for h in handles:
             h.remove()
     out = {"logits": logits.detach().numpy(), "class_idx_used": used.numpy()}
-    for n, g in zip(layers, grads):
+    for n, g in zip(layers, grads, strict=True):
         out[f"activation.{n}"] = acts[n].detach().numpy()
         out[f"gradient.{n}"] = g.numpy()
     return out

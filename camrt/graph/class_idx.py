@@ -10,6 +10,7 @@ from camrt.graph._util import copy, find_input, rename_uses
 
 CLASS_IDX = "class_idx"
 CHECK_NODE = "class_idx_check: each class_idx must be -1 or in [0, {k}) and have length 1 or N"
+BROADCAST_NODE = "class_idx_broadcast: class_idx must have length 1 or N (the batch size)"
 
 
 def guard_class_idx(num_classes: int):
@@ -30,7 +31,7 @@ def guard_class_idx(num_classes: int):
         k = np.array(num_classes, dtype=np.int64)
         nodes = [
             helper.make_node("Shape", [first_input], ["class_idx_n"], start=0, end=1),
-            helper.make_node("Expand", [CLASS_IDX, "class_idx_n"], ["class_idx_b"]),
+            helper.make_node("Expand", [CLASS_IDX, "class_idx_n"], ["class_idx_b"], name=BROADCAST_NODE),
             helper.make_node("Constant", [], ["class_idx_lo"], value=numpy_helper.from_array(np.array(-1, np.int64))),
             helper.make_node("Constant", [], ["class_idx_k"], value=numpy_helper.from_array(k)),
             helper.make_node("GreaterOrEqual", ["class_idx_b", "class_idx_lo"], ["class_idx_ge"]),
@@ -38,7 +39,8 @@ def guard_class_idx(num_classes: int):
             helper.make_node("And", ["class_idx_ge", "class_idx_lt"], ["class_idx_ok"]),
             helper.make_node("Cast", ["class_idx_ok"], ["class_idx_ok64"], to=TensorProto.INT64),
             helper.make_node("ReduceSum", ["class_idx_ok64"], ["class_idx_count"], keepdims=1),
-            helper.make_node("Reshape", ["class_idx_b", "class_idx_count"], [checked],
+            # allowzero=1: a count of 0 (every entry invalid) must fail, not mean "keep this dimension".
+            helper.make_node("Reshape", ["class_idx_b", "class_idx_count"], [checked], allowzero=1,
                              name=CHECK_NODE.format(k=num_classes)),
         ]
         for node in reversed(nodes):

@@ -1,0 +1,47 @@
+"""Eager-autograd oracle for the exported outputs, written independently of camrt's own check."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray, layers: list[str]) -> dict:
+    """logits, class used, and per layer the module output and d logits[n, c_n] / d output[n]."""
+    model.eval()
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def f(_m, _i, out):
+            seen[name] = out
+            return out.clone()  # a following in-place op must not alter the recorded output
+
+        return f
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
+    try:
+        xt = torch.from_numpy(x).requires_grad_(True)
+        logits = model(xt)
+        cls = torch.from_numpy(class_idx).expand(len(x)) if len(class_idx) == 1 else torch.from_numpy(class_idx)
+        used = torch.where(cls == -1, logits.argmax(1), cls)
+        score = sum(logits[i, used[i]] for i in range(len(x)))  # per-image scores, summed
+        grads = torch.autograd.grad(score, [seen[n] for n in layers])
+    finally:
+        for h in handles:
+            h.remove()
+    out = {"logits": logits.detach().numpy(), "class_idx_used": used.numpy()}
+    for n, g in zip(layers, grads, strict=True):
+        out[f"activation.{n}"] = seen[n].detach().numpy()
+        out[f"gradient.{n}"] = g.numpy()
+    return out
+
+
+def assert_close(name: str, got: np.ndarray, ref: np.ndarray, rtol: float = 1e-4, max_flipped: float = 0.0) -> None:
+    """Relative error |got - ref| / max|ref| below rtol for all elements, except at most a
+    fraction `max_flipped` of them (gradients: ReLU / max-pool ties flipped by rounding)."""
+    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
+    scale = float(np.abs(ref).max()) or 1.0
+    err = np.abs(got.astype(np.float64) - ref) / scale
+    frac = float(np.mean(err > rtol))
+    assert frac <= max_flipped, f"{name}: {frac:.3%} of elements exceed rtol {rtol} (max error {err.max():.2e})"
