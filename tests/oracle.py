@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
 
 def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray, layers: list[str]) -> dict:
-    """logits, class used, and per layer the module output and d logits[n, c_n] / d output[n]."""
-    model.eval()
+    """logits, class used, and per layer the module output and d logits[n, c_n] / d output[n],
+    computed in float64 on a copy of the model: two float32 computations can disagree on ReLU
+    ties, and float64 is the closer truth (see camrt/exporter/verify.py for measurements)."""
+    model = copy.deepcopy(model).double().eval()
+    x = x.astype(np.float64)
     modules = dict(model.named_modules())
     seen: dict[str, torch.Tensor] = {}
 
@@ -21,9 +26,8 @@ def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarr
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
     try:
-        xt = torch.from_numpy(x).requires_grad_(True)
-        logits = model(xt)
-        cls = torch.from_numpy(class_idx).expand(len(x)) if len(class_idx) == 1 else torch.from_numpy(class_idx)
+        logits = model(torch.from_numpy(x).requires_grad_(True))
+        cls = torch.from_numpy(class_idx).expand(len(x))
         used = torch.where(cls == -1, logits.argmax(1), cls)
         score = sum(logits[i, used[i]] for i in range(len(x)))  # per-image scores, summed
         grads = torch.autograd.grad(score, [seen[n] for n in layers])

@@ -1,11 +1,11 @@
 """The exporter on real architectures, checked against eager autograd on fresh inputs.
 
 Each model is exported once (example batch 1, seed 0); the checks then use other inputs:
-batch sizes 1, 3 and 8, top-1 and explicit (different) classes. Criterion (see
-camrt.exporter.verify): logits and activations within 1e-4 of the largest reference value;
-gradients the same except for at most 0.5% of elements, where a ReLU or max-pool tie at
-rounding level can send the gradient elsewhere; and the per-channel gradient means, which
-Grad-CAM uses, within 1e-3.
+batch sizes 1, 3 and 8, top-1 and explicit (different) classes. The oracle is eager autograd in
+float64. Criterion (justified in camrt/exporter/verify.py): logits and activations within 1e-4
+of the largest reference value; gradients too, except for at most 2% of the elements, room for
+a ReLU or max-pool tie at rounding level that sends the gradient elsewhere and the elements
+that this reaches; the same for the per-channel gradient means, which Grad-CAM uses.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torchvision
 import camrt
 from tests.oracle import assert_close, eager_cam_outputs
 
-FLIPPED = 5e-3
+FLIPPED = 2e-2
 
 ZOO = {
     # layer3.0's output also feeds the identity skip of layer3.1, past that block's convolutions.
@@ -47,7 +47,8 @@ def check_against_eager(model: torch.nn.Module, path: str, layers: list[str], x:
         assert_close(f"activation.{layer}", got[f"activation.{layer}"], ref[f"activation.{layer}"])
         g, r = got[f"gradient.{layer}"], ref[f"gradient.{layer}"]
         assert_close(f"gradient.{layer}", g, r, max_flipped=FLIPPED)
-        assert_close(f"gradient.{layer} channel means", g.mean(axis=(2, 3)), r.mean(axis=(2, 3)), rtol=1e-3)
+        assert_close(f"gradient.{layer} channel means", g.mean(axis=(2, 3)), r.mean(axis=(2, 3)),
+                     max_flipped=FLIPPED)
         assert np.abs(r).max() > 0, "a zero reference gradient proves nothing"
     return got
 

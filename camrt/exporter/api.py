@@ -186,7 +186,10 @@ def export(
     gm = trace(model, example, layers, output_index)
     proto = run_passes(_to_onnx(gm, example, layers, opset), export_passes(num_classes, manifest.to_json()))
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=out_dir)
+    try:  # os.access above is only a hint (root, read-only mounts, quotas)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=out_dir)
+    except OSError as e:
+        raise InputError(f"cannot write '{path}': {e.strerror or e}") from e
     os.close(fd)
     try:
         try:

@@ -47,6 +47,9 @@ def _import_arch_module(mod_name: str):
         if added:
             sys.path.remove(os.getcwd())
 
+# Phrases of torch's weights-only unpickler when a file refers to code (a class or a function).
+_UNSAFE_PICKLE_MARKERS = ("GLOBAL", "allowlisted", "reduce for unrecognized function")
+
 
 def build_arch(spec: str) -> nn.Module:
     """Call `MODULE:CALLABLE` with no arguments; it must return an nn.Module."""
@@ -127,7 +130,9 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e):
+        # Only a pickle that names classes or functions needs trust; torch's weights-only loader
+        # reports any other failure (an ONNX or NumPy file, random bytes) as an UnpicklingError too.
+        if "weights_only" not in str(e) or not any(m in str(e) for m in _UNSAFE_PICKLE_MARKERS):
             raise ModelLoadError(f"'{path}' is not a PyTorch model file; expected {FORMATS}") from e
         if not trust_pickle:
             raise ModelLoadError(

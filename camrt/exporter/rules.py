@@ -108,19 +108,19 @@ def avg_pool2d_backward(
     h_in, w_in = input.shape[-2:]
     h_out, w_out = grad_output.shape[-2:]
     channels = input.shape[-3]
-    if divisor_override:
-        divisor = torch.full((h_out, w_out), float(divisor_override))
-    else:
-        divisor = torch.empty(h_out, w_out)
+    # Computed in Python and made one constant: element-wise writes to a tensor would each be
+    # traced as an op (20 s of export for one 14×14 pooled map, growing with the map size).
+    divisor = [[float(divisor_override or 0)] * w_out for _ in range(h_out)]
+    if not divisor_override:
         for i in range(h_out):
             hs, he = i * sh - ph, min(i * sh - ph + kh, h_in + ph)
             for j in range(w_out):
                 ws, we = j * sw - pw, min(j * sw - pw + kw, w_in + pw)
                 if count_include_pad:
-                    divisor[i, j] = (he - hs) * (we - ws)
+                    divisor[i][j] = (he - hs) * (we - ws)
                 else:
-                    divisor[i, j] = (min(he, h_in) - max(hs, 0)) * (min(we, w_in) - max(ws, 0))
-    scaled = grad_output / divisor.to(grad_output.dtype)
+                    divisor[i][j] = (min(he, h_in) - max(hs, 0)) * (min(we, w_in) - max(ws, 0))
+    scaled = grad_output / torch.tensor(divisor, dtype=grad_output.dtype)
     ones = torch.ones(channels, 1, kh, kw, dtype=grad_output.dtype)
     full = aten.convolution(scaled, ones, None, [sh, sw], [0, 0], [1, 1], True, [0, 0], channels)
     return _crop_or_pad(full, [ph, pw], [h_in, w_in])

@@ -1,16 +1,22 @@
 """Compare an exported graph with eager PyTorch on a fresh input.
 
-Tolerance: logits and activations must agree to `rtol` relative to the largest reference
-magnitude. Gradients pass through ReLU and max-pool, where forward differences at rounding
-level (~1e-6) can move a tie to the other side and send an element's gradient elsewhere;
-those elements are wrong by a large relative amount while the rest agree to ~1e-6. The
-gradient criterion therefore allows at most `max_flip_fraction` of elements (0.5%) to exceed
-the tolerance. A real translation error (wrong padding, transposed weights, a frozen
-constant) breaks far more elements than that, so the criterion still catches it.
+Reference: eager autograd on a float64 copy of the model (float32 when the model cannot be
+converted). Float64 matters: two float32 computations of a deep network disagree on which
+side of a ReLU some pre-activations within rounding (~1e-6) of zero fall, and each such flip
+changes the gradient of every element that the flipped unit reaches backwards. Measured on a
+random-init resnet18 with eight images: eager float32 differed from float64 at layer2 on two
+images, in 43% and 56% of their elements (by up to 1.5e-2 of the largest), ONNX Runtime on one
+image, in 1.1% of its elements (by up to 6e-3); with oneDNN's convolution backward it was worse.
+
+Criterion: logits and activations within `RTOL` (1e-4) of the largest reference magnitude,
+every element. Gradients too, except at most `MAX_FLIP_FRACTION` (2%) of the elements of the
+batch: room for a rare flip and the elements it reaches, and nothing like what a translation
+error does (a wrong padding, divisor or weight layout changes most elements).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +27,7 @@ from torch import nn
 from camrt.exporter.trace import frozen_eval, select_output
 
 RTOL = 1e-4
-MAX_FLIP_FRACTION = 5e-3
+MAX_FLIP_FRACTION = 2e-2
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,16 @@ class Mismatch:
 
 def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
                   output_index: int | None) -> dict[str, np.ndarray]:
-    """Logits, used class and per-layer activation and gradient by plain eager autograd."""
+    """Logits, used class and per-layer activation and gradient by eager autograd in float64
+    (on a copy; the caller's model is untouched), or float32 if the copy cannot run in float64."""
+    try:
+        return _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index)
+    except (RuntimeError, TypeError):  # a model with hard-wired float32 ops (a .pt2 program, for example)
+        return _eager(model, x, class_idx, layers, output_index)
+
+
+def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
+           output_index: int | None) -> dict[str, np.ndarray]:
     modules = dict(model.named_modules())
     acts: dict[str, torch.Tensor] = {}
 

@@ -1,0 +1,143 @@
+"""Shared work of every CAM method: input checks, weighted combination, ReLU, normalisation and
+bilinear upsampling. Pure numpy; no state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from camrt.errors import InputError
+
+
+def check_pair(activation: np.ndarray, gradient: np.ndarray | None = None) -> None:
+    """Check that an activation (and its gradient) are floating arrays of shape (N, C, h, w).
+
+    Args:
+        activation: target-layer activation ``A``, shape ``(N, C, h, w)``.
+        gradient: ``G = ∂y_c/∂A`` of the same shape, or None for methods that do not use it.
+
+    Raises:
+        InputError: if an array is not 4-D and floating, or the shapes differ.
+    """
+    arrays = {"activation": activation} if gradient is None else {"activation": activation, "gradient": gradient}
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.ndim != 4 or not np.issubdtype(arr.dtype, np.floating):
+            got = f"{arr.dtype} array of shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise InputError(f"{name} must be a floating array of shape (N, C, h, w), got {got}")
+    if gradient is not None and activation.shape != gradient.shape:
+        raise InputError(f"activation {activation.shape} and gradient {gradient.shape} must have the same shape")
+
+
+def check_samples(sample_activation: np.ndarray, sample_gradient: np.ndarray, activation: np.ndarray) -> None:
+    """Check per-copy activations and gradients, shape (N, S, C, h, w), against the input's (N, C, h, w).
+
+    Raises:
+        InputError: if the arrays are not 5-D and floating, differ in shape, or do not match `activation`.
+    """
+    for name, arr in (("sample_activation", sample_activation), ("sample_gradient", sample_gradient)):
+        if not isinstance(arr, np.ndarray) or arr.ndim != 5 or not np.issubdtype(arr.dtype, np.floating):
+            got = f"{arr.dtype} array of shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise InputError(f"{name} must be a floating array of shape (N, S, C, h, w), got {got}")
+    if sample_activation.shape != sample_gradient.shape:
+        raise InputError(f"sample_activation {sample_activation.shape} and sample_gradient "
+                         f"{sample_gradient.shape} must have the same shape")
+    n, _, c, h, w = sample_activation.shape
+    if (n, c, h, w) != activation.shape:
+        raise InputError(f"samples {sample_activation.shape} do not match the activation {activation.shape}: "
+                         "expected (N, S, C, h, w) with the same N, C, h, w")
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """Element-wise ``max(x, 0)``.
+
+    Args:
+        x: any array.
+
+    Returns:
+        An array of the same shape and dtype.
+    """
+    return np.maximum(x, 0)
+
+
+def combine(weights: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    """Channel-weighted sum of feature maps: ``M_n = Σ_k w_nk A_nk``.
+
+    Args:
+        weights: per-image channel weights, shape ``(N, C)``.
+        activation: feature maps, shape ``(N, C, h, w)``.
+
+    Returns:
+        Maps of shape ``(N, h, w)`` (no ReLU applied).
+
+    Raises:
+        InputError: if the shapes do not match.
+    """
+    if weights.ndim != 2 or activation.ndim != 4 or weights.shape != activation.shape[:2]:
+        raise InputError(f"weights {weights.shape} must be (N, C) for an activation (N, C, h, w) {activation.shape}")
+    return np.einsum("nc,nchw->nhw", weights, activation)
+
+
+def normalize(maps: np.ndarray) -> np.ndarray:
+    """Per-map min-max scaling to [0, 1]: ``(M - min M) / (max M - min M)``.
+
+    A constant map becomes all zeros (never NaN).
+
+    Args:
+        maps: array whose first axis indexes the maps, e.g. ``(N, h, w)``.
+
+    Returns:
+        An array of the same shape with every map in [0, 1].
+    """
+    maps = np.asarray(maps)
+    axes = tuple(range(1, maps.ndim))
+    low = maps.min(axis=axes, keepdims=True)
+    span = maps.max(axis=axes, keepdims=True) - low
+    out = np.zeros_like(maps, dtype=np.result_type(maps.dtype, np.float32))
+    np.divide(maps - low, span, out=out, where=span > 0)
+    return out
+
+
+def _interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of 1-D linear interpolation with half-pixel centres (align_corners=False).
+
+    The source coordinate of output pixel ``i`` is ``(i + 0.5) · n_in / n_out - 0.5``, clamped at 0 below and
+    at the last pixel above, as torch.nn.functional.interpolate computes it when given an output size.
+    """
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    mat = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(mat, (rows, lo), 1.0 - frac)
+    np.add.at(mat, (rows, hi), frac)
+    return mat
+
+
+def upsample(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinear resize of maps, matching ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)`` given an output size.
+
+    Implemented as separable interpolation: ``R_h · M · R_wᵀ`` with one (out, in) matrix per axis.
+
+    Args:
+        maps: maps of shape ``(N, h, w)``.
+        size: output size ``(H, W)``.
+
+    Returns:
+        Maps of shape ``(N, H, W)``, float32 for float32 or integer input, else the input's float dtype.
+
+    Raises:
+        InputError: if `maps` is not 3-D or `size` is not two positive integers.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim != 3:
+        raise InputError(f"maps must have shape (N, h, w), got {maps.shape}")
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise InputError(f"size must be two positive integers (H, W), got {tuple(size)}")
+    dtype = np.result_type(maps.dtype, np.float32)
+    rows = _interpolation_matrix(maps.shape[1], int(size[0])).astype(dtype)
+    cols = _interpolation_matrix(maps.shape[2], int(size[1])).astype(dtype)
+    return np.einsum("Hh,nhw,Ww->nHW", rows, maps.astype(dtype, copy=False), cols, optimize=True)
