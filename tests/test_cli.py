@@ -1,0 +1,165 @@
+"""The `camrt` command: `layers` and `export` on a tiny state dict, and one-line errors (exit 2,
+no traceback) for the mistakes users make."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from camrt.cli import main
+from camrt.engine import open_session
+from camrt.errors import ModelLoadError
+from camrt.manifest import METADATA_KEY, Manifest
+from tests.tiny import TinyNet, assert_matches, eager_cam, inputs, make
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = ["--arch", "tests.tiny:TinyNet", "--input-shape", "1,3,32,32"]
+
+
+@pytest.fixture
+def model() -> TinyNet:
+    return make(TinyNet, seed=41)
+
+
+@pytest.fixture
+def weights(tmp_path, model) -> Path:
+    path = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def invoke(*args: str, traceback: bool = False):
+    result = CliRunner().invoke(main, (["--traceback"] if traceback else []) + [str(a) for a in args])
+    return result
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("camrt: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+def test_layers(weights) -> None:
+    result = invoke("layers", weights, *ARCH)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    assert result.stdout.splitlines()[0].split()[:4] == ["name", "type", "output", "shape"]
+    assert list(rows) == ["conv1", "relu", "layer1", "layer1.0", "layer1.1", "layer2", "layer2.0", "layer2.1",
+                          "pool", "fc"]
+    assert rows["conv1"] == ["Conv2d", "1×4×32×32", "feature", "map"]
+    assert rows["relu"][0] == "ReLU" and " ".join(rows["relu"][2:]) == "runs 2× (not a target)"
+    assert rows["layer1"] == ["Sequential", "1×6×16×16", "feature", "map"]
+    assert rows["pool"] == ["AdaptiveAvgPool2d", "1×8×1×1", "feature", "map"]
+    assert rows["fc"] == ["Linear", "1×5"]
+
+
+def test_layers_follows_input_shape(weights) -> None:
+    result = invoke("layers", weights, "--arch", "tests.tiny:TinyNet", "--input-shape", "2,3,20,20")
+    assert result.exit_code == 0, result.output
+    assert "2×6×10×10" in next(line for line in result.stdout.splitlines() if line.startswith("layer1 "))
+
+
+def test_export_happy_path(tmp_path, weights, model, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels.txt").write_text("zero\none\n\ntwo\nthree\nfour\n")
+    result = invoke("export", weights, *ARCH, "--layer", "layer1", "--layer", "layer2",
+                    "--labels", "labels.txt", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.startswith("wrote tiny.cam.onnx: 5 classes; layers layer1 6×16×16, layer2 8×16×16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.txt", "tiny.cam.onnx", "tiny.pth"]
+
+    proto = onnx.load(tmp_path / "tiny.cam.onnx")
+    manifest = Manifest.from_json({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    assert manifest.labels == ("zero", "one", "two", "three", "four")
+    assert manifest.preprocessing.mean == (0.5,) * 3 and manifest.preprocessing.std == (0.25,) * 3
+    assert manifest.source == str(weights)
+
+    sess = open_session(tmp_path / "tiny.cam.onnx")
+    x = inputs((3, 3, 32, 32), seed=2)
+    cls = np.array([-1, 4, 0])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x, "class_idx": cls}), strict=True))
+    assert_matches(got, eager_cam(model, x, cls, ["layer1", "layer2"]))
+
+
+def test_missing_model_file(tmp_path) -> None:
+    assert_one_line_error(invoke("export", tmp_path / "nope.pth", *ARCH, "--layer", "layer1", "-o",
+                                 tmp_path / "m.onnx"), "nope.pth' does not exist")
+    assert_one_line_error(invoke("layers", tmp_path / "nope.pth", *ARCH), "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_layer(tmp_path, weights) -> None:
+    line = assert_one_line_error(invoke("export", weights, *ARCH, "--layer", "layer11", "-o", tmp_path / "m.onnx"),
+                                 "no layer named 'layer11'", "did you mean")
+    assert "layer1" in line.split("did you mean")[1]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_shared_layer(tmp_path, weights) -> None:
+    assert_one_line_error(invoke("export", weights, *ARCH, "--layer", "relu", "-o", tmp_path / "m.onnx"),
+                          "runs 2 times")
+
+
+def test_state_dict_without_arch(tmp_path, weights) -> None:
+    assert_one_line_error(invoke("export", weights, "--layer", "layer1", "-o", tmp_path / "m.onnx"), "--arch")
+
+
+def test_pickle_without_trust(tmp_path, model) -> None:
+    torch.save(model, tmp_path / "whole.pt")
+    assert_one_line_error(invoke("layers", tmp_path / "whole.pt", "--input-shape", "1,3,32,32"), "--trust-pickle")
+    result = invoke("layers", tmp_path / "whole.pt", "--input-shape", "1,3,32,32", "--trust-pickle")
+    assert result.exit_code == 0 and "layer1" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "is-a-dir"])
+def test_unwritable_output(tmp_path, weights, where) -> None:
+    out = tmp_path / "missing" / "m.onnx" if where == "missing-dir" else tmp_path
+    before = sorted(tmp_path.iterdir())
+    line = assert_one_line_error(invoke("export", weights, *ARCH, "--layer", "layer1", "-o", out), "cannot write")
+    assert ("does not exist" if where == "missing-dir" else "is a directory") in line
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_foreign_file(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    assert_one_line_error(invoke("layers", tmp_path / "notes.txt"), "not a PyTorch model file")
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--input-shape", "1,3,32"], "--input-shape: '1,3,32' needs 4 values"),
+    (["--input-shape", "a,b,c,d"], "--input-shape: 'a,b,c,d' is not a comma-separated list of integers"),
+    (["--mean", "a,b,c"], "--mean: 'a,b,c' is not a comma-separated list of numbers"),
+    (["--labels", "/no/such/labels.txt"], "--labels: cannot read '/no/such/labels.txt'"),
+], ids=["shape-count", "shape-text", "mean", "labels"])
+def test_bad_option_values(tmp_path, weights, args, fragment) -> None:
+    result = invoke("export", weights, "--arch", "tests.tiny:TinyNet", "--layer", "layer1",
+                    "-o", tmp_path / "m.onnx", *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_traceback_flag_shows_the_exception(tmp_path) -> None:
+    result = invoke("layers", tmp_path / "nope.pth", traceback=True)
+    assert isinstance(result.exception, ModelLoadError)
+
+
+def test_error_in_a_real_process(tmp_path) -> None:
+    """The installed entry point: exit status 2, one line on stderr, nothing on stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "camrt.cli", "export", str(tmp_path / "nope.pth"), "--layer", "layer1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"camrt: error: model file '{tmp_path / 'nope.pth'}' does not exist"]
