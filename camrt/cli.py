@@ -57,6 +57,11 @@ def friendly(f):
                 raise
             click.echo(f"camrt: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
+        except click.ClickException as e:  # a bad option value found in the body (_int_list, ...)
+            if ctx.obj and ctx.obj.get("traceback"):
+                raise
+            click.echo(f"camrt: error: {e.format_message()}", err=True)
+            sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("camrt: interrupted", err=True)
             sys.exit(130)
