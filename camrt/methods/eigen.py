@@ -60,19 +60,23 @@ def eigencam(activation: np.ndarray, gradient: np.ndarray | None = None, *, cent
     return relu(principal_projection(activation, center=center))
 
 
-def eigengradcam(activation: np.ndarray, gradient: np.ndarray, *, center: bool = False) -> np.ndarray:
-    """EigenGrad-CAM: Eigen-CAM of the element-wise product of gradient and activation.
+def eigengradcam(activation: np.ndarray, gradient: np.ndarray, *, center: bool = True) -> np.ndarray:
+    """EigenGrad-CAM: the first principal component of gradient × activation.
 
-    ``L = ReLU((G ⊙ A) v₁)`` with ``v₁`` the first right singular vector of ``G ⊙ A`` as ``hw × C``,
-    signed so that the map correlates positively with ``Σ_k G_k ⊙ A_k`` (the HiResCAM map).
-    ``center`` as in `eigencam`.
+    ``L = ReLU(X v₁)`` with ``X = G ⊙ A`` reshaped to ``hw × C`` and centred per channel, ``v₁`` its
+    first right singular vector, signed so that the map correlates positively with
+    ``Σ_k G_k ⊙ A_k`` (the HiResCAM map).
+
+    The method has no paper; it is defined by pytorch-grad-cam, whose centring camrt keeps by default
+    (``G ⊙ A`` has both signs, and without centring the projection can be negative everywhere, leaving
+    an empty map). Unlike pytorch-grad-cam, the sign of ``v₁`` is fixed as above instead of left to LAPACK.
 
     Reference: pytorch-grad-cam ``EigenGradCAM``; https://github.com/jacobgil/pytorch-grad-cam
 
     Args:
         activation: target-layer activation ``A``, shape ``(N, C, h, w)``.
         gradient: ``G = ∂y_c/∂A``, same shape.
-        center: centre each channel before the SVD, as pytorch-grad-cam does.
+        center: centre each channel of ``G ⊙ A`` before the SVD.
 
     Returns:
         Saliency maps ``(N, h, w)`` after ReLU.

@@ -215,9 +215,9 @@ def gradcam_elementwise(activation: np.ndarray, gradient: np.ndarray) -> np.ndar
 def abscam_channel_maps(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
     """Abs-CAM initial per-channel maps: each feature map scaled by its mean absolute gradient.
 
-    ``M⁰_k = w_k A_k``, ``w_k = (1 / hw) Σ_ij |G_kij|``. Abs-CAM's second phase masks the input
-    with each of these maps (normalised and upsampled) and scores the masked inputs: that phase is
-    a perturbation method and belongs to the perturbation family.
+    ``M⁰_k = w_k A_k``, ``w_k = (1 / hw) Σ_ij |G_kij|``: the input of Abs-CAM's second phase, which
+    "linearly combines the initial saliency map with the original image" (abstract) and scores the
+    result; that phase needs forward passes of masked inputs and belongs to the perturbation family.
 
     Paper: https://arxiv.org/abs/2207.03648
 
@@ -239,9 +239,9 @@ def abscam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
     """Abs-CAM initial saliency map: Grad-CAM with every gradient turned positive.
 
     ``L = ReLU(Σ_k w_k A_k)``, ``w_k = (1 / hw) Σ_ij |G_kij|``: the first phase of Abs-CAM, which
-    "turns all [gradients] into positive gradients". The paper's second phase (re-weighting the
-    per-channel maps of `abscam_channel_maps` by the class score of the input masked with each)
-    needs one forward pass per channel and is not part of this function.
+    "turns all [gradients] into positive gradients" (abstract). The second phase (combining the
+    initial maps with the input and scoring it, see `abscam_channel_maps`) needs further forward
+    passes and is not part of this function.
 
     Paper: https://arxiv.org/abs/2207.03648
 
