@@ -1,12 +1,22 @@
 """camrt: class activation maps as a deployable part of an ONNX model.
 
-`import camrt` stays light: torch is imported only by `camrt.export` (the exporter) and
-onnxruntime only by the engine.
+`import camrt` stays light: torch is imported only by the exporter (`camrt.export`),
+onnxruntime only by the engine (`camrt.Engine`) and cv2 only by `camrt.visual`; each is
+loaded on first use.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Engine": ("camrt.engine", "Engine"),
+    "Result": ("camrt.engine", "Result"),
+    "overlay": ("camrt.visual.overlay", "overlay"),
+    "METHODS": ("camrt.methods", "METHODS"),
+}
 
 
 def export(model, path, layers, input_shape=(1, 3, 224, 224), **options):  # type: ignore[no-untyped-def]
@@ -23,4 +33,13 @@ def list_layers(model, input_shape=(1, 3, 224, 224), **options):  # type: ignore
     return _list_layers(model, input_shape, **options)
 
 
-__all__ = ["__version__", "export", "list_layers"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'camrt' has no attribute '{name}'")
+
+
+__all__ = ["__version__", "export", "list_layers", *_LAZY]

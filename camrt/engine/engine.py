@@ -1,0 +1,239 @@
+"""`Engine`: explanations from a camrt ONNX model with ONNX Runtime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from camrt.engine.preprocess import preprocess
+from camrt.engine.session import open_session
+from camrt.errors import InputError
+from camrt.manifest import CLASS_IDX, INPUT, LOGITS, METADATA_KEY, Manifest
+from camrt.methods import METHODS, Method, fuse, normalize, upsample
+
+logger = logging.getLogger("camrt")
+
+DEFAULT_CHUNK = 16
+
+
+@dataclass
+class Result:
+    """What `Engine.explain` returns, per image n.
+
+    saliency: N×H×W float32 in [0, 1] at the model's input resolution.
+    low_res: N×h×w map before upsampling and normalisation (for several fused layers, the
+        deepest layer's map; the fused map exists only at input resolution).
+    class_idx: N classes explained; logits: N×K; scores: N softmax probabilities of those classes.
+    timings: seconds spent in the model runs ("inference") and in the method ("method").
+    """
+
+    method: str
+    layers: tuple[str, ...]
+    saliency: np.ndarray
+    low_res: np.ndarray
+    class_idx: np.ndarray
+    logits: np.ndarray
+    scores: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """The outputs of one run of the full graph on a preprocessed batch `x`."""
+
+    x: np.ndarray
+    outputs: dict[str, np.ndarray]
+    seconds: float
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Engine:
+    """Run a model exported by `camrt export` and turn its outputs into CAMs.
+
+    Args:
+        model: path of the .onnx file.
+        device: "auto" (CUDA when onnxruntime-gpu finds a GPU, else CPU), "cpu" or "cuda" (falls
+            back to CPU with a logged warning when CUDA is unavailable).
+        chunk_size: at most this many rows (images, or images × copies for sampled methods) go
+            through one `session.run`; larger batches are split, with identical results.
+    """
+
+    def __init__(self, model: str | os.PathLike, device: str = "auto", chunk_size: int = DEFAULT_CHUNK) -> None:
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"model file '{path}' does not exist")
+        if int(chunk_size) != chunk_size or chunk_size < 1:
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size}")
+        self.path = path
+        self.chunk_size = int(chunk_size)
+        try:
+            self._session = open_session(path, device)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+            raise InputError(f"'{path}' is not a loadable ONNX model: {str(e).splitlines()[0][:200]}") from e
+        meta = self._session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise InputError(f"'{path}' has no camrt manifest; export the model with `camrt export`")
+        try:
+            self.manifest = Manifest.from_json(meta[METADATA_KEY])
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"'{path}' has an unreadable camrt manifest: {e}") from e
+        self.provider: str = self._session.get_providers()[0]
+        if device == "cuda" and self.provider != "CUDAExecutionProvider":
+            logger.warning("CUDA was asked for but is not available to onnxruntime; running on %s", self.provider)
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.manifest.input_shape[2]), int(self.manifest.input_shape[3])
+
+    def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """A float32 N×C×H×W batch: `images` itself if already one, else RGB images preprocessed
+        with the manifest's resize and normalisation."""
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32:
+            expected = tuple(self.manifest.input_shape[1:])
+            if images.shape[1:] != expected:
+                raise InputError(f"a preprocessed batch must be N×{'×'.join(map(str, expected))}, got {images.shape}")
+            return images
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            raise InputError("pass a list of images (or a float32 N×C×H×W batch), not a single image array")
+        if len(images) == 0:
+            raise InputError("no images given")
+        return preprocess(list(images), self.input_size, self.manifest.preprocessing)
+
+    def _class_idx(self, class_idx: int | Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+        k = self.manifest.num_classes
+        c = np.full(n, -1, np.int64) if class_idx is None else np.asarray(class_idx, dtype=np.int64).reshape(-1)
+        if c.size == 1:
+            c = np.full(n, int(c[0]), np.int64)
+        if c.size != n:
+            raise InputError(f"class_idx has {c.size} entries for {n} images; give one, or one per image")
+        bad = c[(c < -1) | (c >= k)]
+        if bad.size:
+            raise InputError(f"class_idx {int(bad[0])} is out of range: the model has {k} classes (0..{k - 1}); "
+                             "-1 means the top-1 class")
+        return c
+
+    def run(self, x: np.ndarray, class_idx: np.ndarray) -> dict[str, np.ndarray]:
+        """All graph outputs for a batch, in chunks of `chunk_size` rows."""
+        parts: list[list[np.ndarray]] = []
+        for s in range(0, len(x), self.chunk_size):
+            parts.append(self._session.run(None, {INPUT: x[s:s + self.chunk_size],
+                                                  CLASS_IDX: class_idx[s:s + self.chunk_size]}))
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._outputs)}
+
+    def forward(self, images: np.ndarray | Sequence[np.ndarray],
+                class_idx: int | Sequence[int] | np.ndarray | None = None) -> Pass:
+        """One run of the full graph: logits, classes, activations and gradients of every layer.
+        Any number of gradient methods can then be computed from it with `explain_pass`."""
+        x = self.prepare(images)
+        cls = self._class_idx(class_idx, len(x))
+        t0 = time.perf_counter()
+        out = self.run(x, cls)
+        return Pass(x, out, time.perf_counter() - t0)
+
+    def explain(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        method: str = "gradcam",
+        class_idx: int | Sequence[int] | np.ndarray | None = None,
+        layer: str | Sequence[str] | None = None,
+        seed: int = 0,
+        **options: object,
+    ) -> Result:
+        """Explain `images` with `method` (a name from `camrt.methods.METHODS`).
+
+        Args:
+            images: a float32 N×C×H×W preprocessed batch, or a list of RGB images (H×W×3 uint8, any
+                size; grayscale, RGBA and 16-bit are converted).
+            class_idx: None or -1 for the top-1 class, an int for all images, or one per image.
+            layer: a target layer name, a list of names to fuse (LayerCAM-style, shallow to deep),
+                or None for the model's last exported layer.
+            seed: seeds the random copies of randomised methods (Smooth Grad-CAM++).
+            options: method options (for sampled methods, e.g. n, sigma, steps).
+        """
+        self._method(method)  # fail before running the model
+        self._layers(layer)
+        return self.explain_pass(self.forward(images, class_idx), method, layer, seed, **options)
+
+    def explain_pass(self, p: Pass, method: str = "gradcam", layer: str | Sequence[str] | None = None,
+                     seed: int = 0, **options: object) -> Result:
+        """`explain` on the outputs of an earlier `forward` (no new run for gradient methods)."""
+        spec = self._method(method)
+        layers = self._layers(layer)
+        out, used = p.outputs, p.outputs["class_idx_used"]
+        timings = {"inference": p.seconds}
+        samples = None
+        if spec.family == "sampled":
+            samples, t_inf = self._run_samples(spec, p.x, used, layers, seed, options)
+            timings["inference"] += t_inf
+        elif options:
+            raise InputError(f"method '{spec.name}' takes no options; got {sorted(options)}")
+        t1 = time.perf_counter()
+        maps = []
+        for la in layers:
+            a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
+            if samples is None:
+                maps.append(spec.fn(a, g))
+            else:
+                sa, sg = samples[la]
+                maps.append(spec.fn(a, g, sa, sg))
+        size = self.input_size
+        saliency = normalize(upsample(maps[0], size)) if len(maps) == 1 else fuse(maps, size)
+        timings["method"] = time.perf_counter() - t1
+        logits = out[LOGITS]
+        return Result(spec.name, tuple(layers), saliency.astype(np.float32), maps[-1].astype(np.float32), used,
+                      logits, _softmax(logits)[np.arange(len(used)), used], timings)
+
+    def _method(self, name: str) -> Method:
+        spec = METHODS.get(name)
+        if spec is None:
+            raise InputError(f"unknown method '{name}'; `camrt methods` lists them: {', '.join(METHODS)}")
+        if spec.family not in ("gradient", "sampled"):
+            raise InputError(f"method '{name}' ({spec.family}) is not served by this engine yet")
+        return spec
+
+    def _layers(self, layer: str | Sequence[str] | None) -> list[str]:
+        names = [la.name for la in self.manifest.layers]
+        wanted = [names[-1]] if layer is None else [layer] if isinstance(layer, str) else list(layer)
+        for la in wanted:
+            if la not in names:
+                raise InputError(f"layer '{la}' was not exported; this model has: {', '.join(names)}")
+        if not wanted:
+            raise InputError("layer is an empty list")
+        return wanted
+
+    def _run_samples(self, spec: Method, x: np.ndarray, used: np.ndarray, layers: list[str], seed: int,
+                     options: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
+        """Run all copies of every image in one batched (chunked) pass, each explained for the
+        class chosen for its source image."""
+        sample_opts = {**spec.sample_options, **options}
+        unknown = set(options) - set(spec.sample_options)
+        if unknown:
+            raise InputError(f"method '{spec.name}' has no option(s) {sorted(unknown)}; "
+                             f"it takes {sorted(spec.sample_options)}")
+        extra = {}
+        if "baseline" in spec.sample_inputs:  # the black image, preprocessed
+            p = self.manifest.preprocessing
+            extra["baseline"] = ((0.0 - np.asarray(p.mean)) / np.asarray(p.std)).astype(np.float32)[None, :, None, None]
+        copies = spec.samples(x, np.random.default_rng(seed), **sample_opts, **extra)
+        n, s = copies.shape[:2]
+        t0 = time.perf_counter()
+        out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s))
+        elapsed = time.perf_counter() - t0
+        result = {}
+        for la in layers:
+            a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
+            result[la] = (a.reshape(n, s, *a.shape[1:]), g.reshape(n, s, *g.shape[1:]))
+        return result, elapsed

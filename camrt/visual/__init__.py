@@ -1,0 +1,1 @@
+"""Drawing and video: the only package that imports cv2 (lazily, per module)."""
