@@ -49,3 +49,20 @@ def assert_close(name: str, got: np.ndarray, ref: np.ndarray, rtol: float = 1e-4
     err = np.abs(got.astype(np.float64) - ref) / scale
     frac = float(np.mean(err > rtol))
     assert frac <= max_flipped, f"{name}: {frac:.3%} of elements exceed rtol {rtol} (max error {err.max():.2e})"
+
+
+def assert_gradient_close(name: str, got: np.ndarray, ref: np.ndarray) -> None:
+    """The gradient criterion of camrt/exporter/verify.py, restated: per image, at most 0.5% of
+    the elements beyond 1e-4 of that image's largest value; at most one image in four (at least
+    one per batch) may exceed that, with a relative L2 error under 2e-2 (a ReLU tie flipped by
+    rounding next to the head changes many elements a little)."""
+    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
+    off = []
+    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+        scale = float(np.abs(r).max()) or 1.0
+        frac = float(np.mean(np.abs(g.astype(np.float64) - r) / scale > 1e-4))
+        if frac > 5e-3:
+            l2 = float(np.linalg.norm(g - r) / np.linalg.norm(r))
+            assert l2 < 2e-2, f"{name}: image {i} has {frac:.2%} of elements off, relative L2 error {l2:.1e}"
+            off.append(i)
+    assert len(off) <= max(1, len(ref) // 4), f"{name}: images {off} of {len(ref)} are off by more than 0.5%"

@@ -2,10 +2,10 @@
 
 Each model is exported once (example batch 1, seed 0); the checks then use other inputs:
 batch sizes 1, 3 and 8, top-1 and explicit (different) classes. The oracle is eager autograd in
-float64. Criterion (justified in camrt/exporter/verify.py): logits and activations within 1e-4
-of the largest reference value; gradients too, except for at most 2% of the elements, room for
-a ReLU or max-pool tie at rounding level that sends the gradient elsewhere and the elements
-that this reaches; the same for the per-channel gradient means, which Grad-CAM uses.
+float64. Criterion (measured and justified in camrt/exporter/verify.py): logits and activations
+within 1e-4 of the largest reference value; gradients per image too, except for at most 0.5% of
+the elements (ReLU or max-pool ties flipped by rounding); at most one image in four may exceed
+that, with a relative L2 error under 2e-2 (a flip next to the head reaches many elements).
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import torch
 import torchvision
 
 import camrt
-from tests.oracle import assert_close, eager_cam_outputs
-
-FLIPPED = 2e-2
+from tests.oracle import assert_close, assert_gradient_close, eager_cam_outputs
 
 ZOO = {
     # layer3.0's output also feeds the identity skip of layer3.1, past that block's convolutions.
@@ -46,9 +44,7 @@ def check_against_eager(model: torch.nn.Module, path: str, layers: list[str], x:
     for layer in layers:
         assert_close(f"activation.{layer}", got[f"activation.{layer}"], ref[f"activation.{layer}"])
         g, r = got[f"gradient.{layer}"], ref[f"gradient.{layer}"]
-        assert_close(f"gradient.{layer}", g, r, max_flipped=FLIPPED)
-        assert_close(f"gradient.{layer} channel means", g.mean(axis=(2, 3)), r.mean(axis=(2, 3)),
-                     max_flipped=FLIPPED)
+        assert_gradient_close(f"gradient.{layer}", g, r)
         assert np.abs(r).max() > 0, "a zero reference gradient proves nothing"
     return got
 

@@ -1,17 +1,22 @@
 """Compare an exported graph with eager PyTorch on a fresh input.
 
 Reference: eager autograd on a float64 copy of the model (float32 when the model cannot be
-converted). Float64 matters: two float32 computations of a deep network disagree on which
-side of a ReLU some pre-activations within rounding (~1e-6) of zero fall, and each such flip
-changes the gradient of every element that the flipped unit reaches backwards. Measured on a
-random-init resnet18 with eight images: eager float32 differed from float64 at layer2 on two
-images, in 43% and 56% of their elements (by up to 1.5e-2 of the largest), ONNX Runtime on one
-image, in 1.1% of its elements (by up to 6e-3); with oneDNN's convolution backward it was worse.
+converted), the closest available truth.
 
-Criterion: logits and activations within `RTOL` (1e-4) of the largest reference magnitude,
-every element. Gradients too, except at most `MAX_FLIP_FRACTION` (2%) of the elements of the
-batch: room for a rare flip and the elements it reaches, and nothing like what a translation
-error does (a wrong padding, divisor or weight layout changes most elements).
+Logits and activations: every element within `RTOL` (1e-4) of the largest reference magnitude.
+
+Gradients: the gradient of a ReLU (or max-pool) network is discontinuous where a pre-activation
+crosses zero (or two window values tie), and a float32 forward lands on the other side of some
+such point whenever it lies within rounding (~1e-6 relative) of it. The flipped unit's gradient
+change then reaches every element of the target that the unit depends on. Measured, float32
+ONNX Runtime against the float64 reference on fresh random inputs: most images agree to ~5e-7
+everywhere; on a random-init resnet18 one image in eight had 1.1% of layer2's elements off (by
+up to 6e-3 of the largest, relative L2 error 1.3e-3); on resnet50 one image in eight had 57% off
+(a flip next to the head, up to 2e-2, L2 1e-2) and two had 0.1-0.2% off. Criterion, per image:
+at most `MAX_FLIP_FRACTION` (0.5%) of the elements beyond 1e-4 of that image's largest gradient;
+at most one image in four (at least one per batch) may exceed it, and then only with a relative
+L2 error within `MAX_FLIP_L2` (2e-2). A translation error (a wrong padding, divisor or weight
+layout, a frozen constant) shows in every image, so it cannot pass.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from torch import nn
 from camrt.exporter.trace import frozen_eval, select_output
 
 RTOL = 1e-4
-MAX_FLIP_FRACTION = 2e-2
+MAX_FLIP_FRACTION = 5e-3
+MAX_FLIP_L2 = 2e-2
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,19 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
     return out
 
 
+def gradient_mismatch(got: np.ndarray, ref: np.ndarray) -> tuple[float, float, int]:
+    """(worst fraction of elements off in an image, worst relative L2 error, images off) for an
+    N×... gradient, per the criterion in the module docstring."""
+    n = ref.shape[0]
+    g, r = got.reshape(n, -1).astype(np.float64), ref.reshape(n, -1)
+    scale = np.abs(r).max(axis=1, keepdims=True)
+    scale[scale == 0] = 1.0
+    frac = np.mean(np.abs(g - r) / scale > RTOL, axis=1)
+    l2 = np.linalg.norm(g - r, axis=1) / np.maximum(np.linalg.norm(r, axis=1), 1e-300)
+    off = frac > MAX_FLIP_FRACTION
+    return float(frac.max()), float(l2[off].max()) if off.any() else 0.0, int(off.sum())
+
+
 def compare(name: str, got: np.ndarray, ref: np.ndarray, rtol: float = RTOL) -> Mismatch | None:
     """None when `got` matches `ref` under the criterion above, else what is off."""
     if got.shape != ref.shape:
@@ -86,10 +105,15 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, rtol: float = RTOL) -> 
     if name == "class_idx_used":
         bad = float(np.mean(got != ref))
         return Mismatch(name, float(bad > 0), bad) if bad else None
+    if name.startswith("gradient."):
+        frac, l2, images_off = gradient_mismatch(got, ref)
+        if images_off > max(1, len(ref) // 4) or l2 > MAX_FLIP_L2:
+            return Mismatch(f"{name} ({images_off} of {len(ref)} images off, relative L2 error {l2:.1e})",
+                            float("nan"), frac)
+        return None
     scale = float(np.abs(ref).max()) or 1.0
     err = np.abs(got.astype(np.float64) - ref) / scale
     bad_fraction = float(np.mean(err > rtol))
-    allowed = MAX_FLIP_FRACTION if name.startswith("gradient.") else 0.0
-    if bad_fraction > allowed:
+    if bad_fraction > 0:
         return Mismatch(name, float(err.max()), bad_fraction)
     return None
