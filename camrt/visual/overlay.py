@@ -110,7 +110,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write an RGB uint8 image; the format follows the extension."""
     p = Path(path)
-    ok, buf = cv2.imencode(p.suffix or ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    try:
+        ok, buf = cv2.imencode(p.suffix or ".png", bgr)
+    except cv2.error:  # OpenCV raises, rather than returning False, for an extension it has no encoder for
+        ok = False
     if not ok:
         raise InputError(f"cannot encode an image as '{p.suffix}'")
     try:
