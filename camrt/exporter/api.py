@@ -98,8 +98,10 @@ def _check_with_ort(path: Path, model: nn.Module, manifest: Manifest, output_ind
     sess = open_session(path, device="cpu")
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls}), strict=True))
-    ref = verify.eager_outputs(model, x, torch.from_numpy(cls), [la.name for la in manifest.layers], output_index)
-    problems = [m for k in ref if (m := verify.compare(k, got[k], ref[k])) is not None]
+    layers = [la.name for la in manifest.layers]
+    ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), layers, output_index)
+    problems = [m for k in ref
+                if (m := verify.compare(k, got[k], ref[k], yardstick[k] if yardstick else None)) is not None]
     if problems:
         raise VerificationError("the exported graph disagrees with eager PyTorch on a fresh input: "
                                 + "; ".join(map(str, problems)))

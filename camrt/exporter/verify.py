@@ -1,22 +1,23 @@
 """Compare an exported graph with eager PyTorch on a fresh input.
 
-Reference: eager autograd on a float64 copy of the model (float32 when the model cannot be
-converted), the closest available truth.
+Oracle: eager autograd on a float64 copy of the model, the closest available truth. Yardstick:
+eager autograd in float32 (PyTorch's native kernels), i.e. what PyTorch itself achieves.
 
 Logits and activations: every element within `RTOL` (1e-4) of the largest reference magnitude.
 
-Gradients: the gradient of a ReLU (or max-pool) network is discontinuous where a pre-activation
-crosses zero (or two window values tie), and a float32 forward lands on the other side of some
-such point whenever it lies within rounding (~1e-6 relative) of it. The flipped unit's gradient
-change then reaches every element of the target that the unit depends on. Measured, float32
-ONNX Runtime against the float64 reference on fresh random inputs: most images agree to ~5e-7
-everywhere; on a random-init resnet18 one image in eight had 1.1% of layer2's elements off (by
-up to 6e-3 of the largest, relative L2 error 1.3e-3); on resnet50 one image in eight had 57% off
-(a flip next to the head, up to 2e-2, L2 1e-2) and two had 0.1-0.2% off. Criterion, per image:
-at most `MAX_FLIP_FRACTION` (0.5%) of the elements beyond 1e-4 of that image's largest gradient;
-at most one image in four (at least one per batch) may exceed it, and then only with a relative
-L2 error within `MAX_FLIP_L2` (2e-2). A translation error (a wrong padding, divisor or weight
-layout, a frozen constant) shows in every image, so it cannot pass.
+Gradients: the gradient of a ReLU or max-pool network is discontinuous at ties, and any float32
+forward lands on the other side of a tie within rounding (~1e-6 relative) now and then; the
+flipped unit's gradient change reaches every element of the target that depends on it, and
+through a deep stretch of network that is most of them. Measured against float64 on fresh
+random inputs: at the last feature map of every zoo model, float32 agrees to ~5e-7; at resnet50's
+layer2, with BatchNorm statistics of realistic scale, eager float32 PyTorch itself is off in
+93-97% of the elements (relative L2 error 1.4-2.2e-2), and ONNX Runtime in 89-94% (0.8-2.1e-2).
+So the criterion is relative to the yardstick: over the batch, the share of gradient elements
+further than 1e-4 (of their image's largest value) from float64 may be at most
+`MAX_FLIP_FRACTION` (0.5%, room for an occasional local flip) plus twice float32 PyTorch's own
+share, and the relative L2 error at most `L2_FLOOR` (1e-3) plus twice PyTorch's. A translation
+error (a wrong padding, divisor or weight layout, a frozen constant) is off by far more than
+rounding in every image, where float32 PyTorch is not, so it cannot pass.
 """
 
 from __future__ import annotations
@@ -33,27 +34,31 @@ from camrt.exporter.trace import frozen_eval, select_output
 
 RTOL = 1e-4
 MAX_FLIP_FRACTION = 5e-3
-MAX_FLIP_L2 = 2e-2
+L2_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
 class Mismatch:
     name: str
-    max_rel_error: float
-    bad_fraction: float
+    detail: str
 
     def __str__(self) -> str:
-        return f"{self.name}: max relative error {self.max_rel_error:.2e}, {self.bad_fraction:.2%} of elements off"
+        return f"{self.name}: {self.detail}"
 
 
 def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
-                  output_index: int | None) -> dict[str, np.ndarray]:
-    """Logits, used class and per-layer activation and gradient by eager autograd in float64
-    (on a copy; the caller's model is untouched), or float32 if the copy cannot run in float64."""
+                  output_index: int | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(oracle, yardstick): logits, used class and per-layer activation and gradient by eager
+    autograd in float64 on a copy (the caller's model is untouched), and in float32 with PyTorch's
+    native kernels. When the model cannot run in float64, the float32 run is the oracle and there
+    is no yardstick."""
+    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's conv backward is less accurate still
+        f32 = _eager(model, x, class_idx, layers, output_index)
     try:
-        return _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index)
+        f64 = _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index)
     except (RuntimeError, TypeError):  # a model with hard-wired float32 ops (a .pt2 program, for example)
-        return _eager(model, x, class_idx, layers, output_index)
+        return f32, None
+    return f64, f32
 
 
 def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
@@ -85,35 +90,35 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
     return out
 
 
-def gradient_mismatch(got: np.ndarray, ref: np.ndarray) -> tuple[float, float, int]:
-    """(worst fraction of elements off in an image, worst relative L2 error, images off) for an
-    N×... gradient, per the criterion in the module docstring."""
+def deviation(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(share of elements further than RTOL of their image's largest |ref| from ref, relative L2
+    error) of an N×... tensor."""
     n = ref.shape[0]
-    g, r = got.reshape(n, -1).astype(np.float64), ref.reshape(n, -1)
+    g, r = got.reshape(n, -1).astype(np.float64), ref.reshape(n, -1).astype(np.float64)
     scale = np.abs(r).max(axis=1, keepdims=True)
     scale[scale == 0] = 1.0
-    frac = np.mean(np.abs(g - r) / scale > RTOL, axis=1)
-    l2 = np.linalg.norm(g - r, axis=1) / np.maximum(np.linalg.norm(r, axis=1), 1e-300)
-    off = frac > MAX_FLIP_FRACTION
-    return float(frac.max()), float(l2[off].max()) if off.any() else 0.0, int(off.sum())
+    frac = float(np.mean(np.abs(g - r) / scale > RTOL))
+    l2 = float(np.linalg.norm(g - r) / max(float(np.linalg.norm(r)), 1e-300))
+    return frac, l2
 
 
-def compare(name: str, got: np.ndarray, ref: np.ndarray, rtol: float = RTOL) -> Mismatch | None:
-    """None when `got` matches `ref` under the criterion above, else what is off."""
+def compare(name: str, got: np.ndarray, ref: np.ndarray, yardstick: np.ndarray | None = None) -> Mismatch | None:
+    """None when `got` matches the oracle `ref` under the criterion above, else what is off."""
     if got.shape != ref.shape:
-        return Mismatch(f"{name} shape {got.shape} != {ref.shape}", float("inf"), 1.0)
+        return Mismatch(name, f"shape {got.shape} != {ref.shape}")
     if name == "class_idx_used":
         bad = float(np.mean(got != ref))
-        return Mismatch(name, float(bad > 0), bad) if bad else None
+        return Mismatch(name, f"a different class for {bad:.0%} of the images") if bad else None
     if name.startswith("gradient."):
-        frac, l2, images_off = gradient_mismatch(got, ref)
-        if images_off > max(1, len(ref) // 4) or l2 > MAX_FLIP_L2:
-            return Mismatch(f"{name} ({images_off} of {len(ref)} images off, relative L2 error {l2:.1e})",
-                            float("nan"), frac)
+        frac, l2 = deviation(got, ref)
+        frac_y, l2_y = deviation(yardstick, ref) if yardstick is not None else (0.0, 0.0)
+        if frac > MAX_FLIP_FRACTION + 2 * frac_y or l2 > L2_FLOOR + 2 * l2_y:
+            return Mismatch(name, f"{frac:.2%} of elements off, relative L2 error {l2:.1e} (float32 PyTorch: "
+                                  f"{frac_y:.2%}, {l2_y:.1e})")
         return None
     scale = float(np.abs(ref).max()) or 1.0
     err = np.abs(got.astype(np.float64) - ref) / scale
-    bad_fraction = float(np.mean(err > rtol))
+    bad_fraction = float(np.mean(err > RTOL))
     if bad_fraction > 0:
-        return Mismatch(name, float(err.max()), bad_fraction)
+        return Mismatch(name, f"{bad_fraction:.2%} of elements off, max relative error {err.max():.1e}")
     return None
