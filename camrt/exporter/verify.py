@@ -23,6 +23,7 @@ rounding in every image, where float32 PyTorch is not, so it cannot pass.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,8 +53,10 @@ def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, la
     autograd in float64 on a copy (the caller's model is untouched), and in float32 with PyTorch's
     native kernels. When the model cannot run in float64, the float32 run is the oracle and there
     is no yardstick."""
-    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's conv backward is less accurate still
-        f32 = _eager(model, x, class_idx, layers, output_index)
+    with warnings.catch_warnings():  # torch warns about TF32 on Intel GPUs whenever the flags change
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's conv backward is less accurate still
+            f32 = _eager(model, x, class_idx, layers, output_index)
     try:
         f64 = _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index)
     except (RuntimeError, TypeError):  # a model with hard-wired float32 ops (a .pt2 program, for example)
