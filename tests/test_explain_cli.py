@@ -1,0 +1,197 @@
+"""`camrt explain` and `camrt methods` through click's CliRunner, on a tiny model exported once with labels.
+
+The files written are checked against the library: each .npy is `Engine.explain` on the same image,
+each overlay is `overlay(image, saliency)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import camrt
+from camrt.cli import main
+from camrt.engine import Engine
+from camrt.explain import served_methods
+from camrt.methods import METHODS
+from camrt.visual.overlay import grid, overlay, read_image
+from tests.tiny import TinyNet, make
+
+LABELS = ["cat", "dog", "bird", "fish", "frog"]
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "tiny.cam.onnx"
+    camrt.export(make(TinyNet, seed=11), path, ["layer1", "layer2"], (1, 3, *SIZE), labels=LABELS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(model_path) -> Engine:
+    return Engine(model_path, device="cpu")
+
+
+@pytest.fixture
+def images(tmp_path) -> dict[str, Path]:
+    """a.png (RGB, 40×50), dir/b.png (grayscale, 24×24), dir/c.bmp (RGB, 64×32), and in dir/ a text file
+    that the directory listing skips (not an image suffix)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "dir").mkdir()
+    paths = {"a": tmp_path / "a.png", "b": tmp_path / "dir" / "b.png", "c": tmp_path / "dir" / "c.bmp"}
+    assert cv2.imwrite(str(paths["a"]), rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    assert cv2.imwrite(str(paths["b"]), rng.integers(0, 256, (24, 24), dtype=np.uint8))
+    assert cv2.imwrite(str(paths["c"]), rng.integers(0, 256, (64, 32, 3), dtype=np.uint8))
+    (tmp_path / "dir" / "notes.txt").write_text("not an image")
+    return paths
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_error_lines(result, count: int) -> list[str]:
+    lines = result.stderr.splitlines()
+    assert len(lines) == count and all(line.startswith("camrt: error: ") for line in lines), result.stderr
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    return lines
+
+
+def test_explain_writes_overlays_npy_and_grid(model_path, engine, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], tmp_path / "dir", "--method", "gradcam,gradcam++",
+                    "-o", out, "--save-npy", "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert result.stderr == ""
+    for stem in "abc":
+        for name in ("gradcam", "gradcam++"):
+            image, _ = read_image(images[stem])
+            expected = engine.explain([image], name).saliency[0]
+            saved = np.load(out / f"{stem}.{name}.npy")
+            assert saved.shape == SIZE and saved.dtype == np.float32  # the model's input size
+            assert saved.min() == 0.0 and saved.max() == 1.0
+            np.testing.assert_array_equal(saved, expected)
+            tile, _ = read_image(out / f"{stem}.{name}.png")
+            np.testing.assert_array_equal(tile, overlay(image, expected))  # at the image's own size
+        assert (out / f"{stem}.grid.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}.{kind}" for s in "abc" for kind in ("gradcam.png", "gradcam.npy", "gradcam++.png", "gradcam++.npy",
+                                                   "grid.png"))
+    # The grid: the input and the two overlays side by side.
+    image, _ = read_image(images["a"])
+    tiles = [image, *(read_image(out / f"a.{n}.png")[0] for n in ("gradcam", "gradcam++"))]
+    np.testing.assert_array_equal(read_image(out / "a.grid.png")[0], grid(tiles, ["input", "gradcam", "gradcam++"]))
+
+
+def test_explain_prints_top_k_with_labels_and_the_provider(model_path, engine, images, tmp_path) -> None:
+    result = invoke("explain", model_path, images["a"], images["b"], "-o", tmp_path / "out", "--topk", "3",
+                    "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{model_path.name}: provider CPUExecutionProvider"
+    for stem, note in (("a", ""), ("b", " [grayscale replicated to RGB]")):
+        image, _ = read_image(images[stem])
+        logits = engine.forward([image]).outputs["logits"][0].astype(np.float64)
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        top = np.argsort(probs)[::-1][:3]
+        expected = f"{images[stem]}{note}: " + ", ".join(f"{LABELS[k]} {probs[k]:.1%}" for k in top)
+        assert expected in lines, (expected, lines)
+    assert sum("1 files in" in line for line in lines) == 2  # one overlay each, no grid for one method
+
+
+def test_class_idx_and_fused_layers(model_path, engine, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], "-m", "layercam", "--class-idx", "2", "--layer", "layer1",
+                    "--layer", "layer2", "-o", out, "--save-npy", "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    image, _ = read_image(images["a"])
+    expected = engine.explain([image], "layercam", class_idx=2, layer=["layer1", "layer2"]).saliency[0]
+    np.testing.assert_array_equal(np.load(out / "a.layercam.npy"), expected)
+    other = engine.explain([image], "layercam", class_idx=3, layer=["layer1", "layer2"]).saliency[0]
+    assert np.abs(other - expected).max() > 1e-2
+
+
+def test_a_bad_image_does_not_stop_the_others(model_path, images, tmp_path) -> None:
+    bad = tmp_path / "dir" / "bad.png"
+    bad.write_text("this is not a png")
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], tmp_path / "dir", "-o", out, "--device", "cpu")
+    assert result.exit_code == 2, (result.output, result.stderr)
+    (line,) = assert_error_lines(result, 1)
+    assert "bad.png" in line and "not a readable image" in line
+    assert sorted(p.name for p in out.iterdir()) == ["a.gradcam.png", "b.gradcam.png", "c.gradcam.png"]
+
+
+def test_unknown_method(model_path, images, tmp_path) -> None:
+    result = invoke("explain", model_path, images["a"], "--method", "gradcam,bogus", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    (line,) = assert_error_lines(result, 1)
+    assert "bogus" in line and "gradcam++" in line  # names the bad one and lists the choices
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--alpha", "2"], "--alpha must be in [0, 1]"),
+    (["--colormap", "rainbow"], "unknown colormap 'rainbow'"),
+    (["--layer", "conv1"], "layer 'conv1' was not exported; this model has: layer1, layer2"),
+    (["--layer", "layer1", "--layer", "fc"], "layer 'fc' was not exported"),
+])
+def test_bad_options_are_one_line_errors(model_path, images, tmp_path, args, fragment) -> None:
+    # Wrong for every image: one error before any work (not one per image and method, with exit 0).
+    result = invoke("explain", model_path, images["a"], images["b"], "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2, (result.output, result.stderr)
+    (line,) = assert_error_lines(result, 1)
+    assert fragment in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_idx_out_of_range(model_path, images, tmp_path) -> None:
+    result = invoke("explain", model_path, images["a"], "--class-idx", "5", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    (line,) = assert_error_lines(result, 1)
+    assert "class_idx 5 is out of range" in line
+
+
+def test_missing_or_invalid_model(tmp_path, images) -> None:
+    result = invoke("explain", tmp_path / "missing.onnx", images["a"])
+    assert result.exit_code == 2
+    (line,) = assert_error_lines(result, 1)
+    assert "does not exist" in line
+    (tmp_path / "text.onnx").write_text("hello")
+    result = invoke("explain", tmp_path / "text.onnx", images["a"])
+    assert result.exit_code == 2
+    assert "not a loadable ONNX model" in assert_error_lines(result, 1)[0]
+
+
+def test_all_methods_on_a_layer_without_a_pooled_head(model_path, engine, images, tmp_path) -> None:
+    # layer1 is followed by ReLU → conv → ReLU → pool → fc: not global-average-pool → linear, so CAM does not
+    # apply there; every other method does, and the run goes on.
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], "--method", "all", "--layer", "layer1", "-o", out,
+                    "--save-npy", "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    (line,) = assert_error_lines(result, 1)
+    assert line.startswith(f"camrt: error: {images['a']}: cam: ") and "global-average-pool" in line
+    others = [m for m in served_methods() if m != "cam"]
+    assert set(others) == set(METHODS) - {"cam"}
+    written = {p.name for p in out.iterdir()}
+    assert written == {f"a.{m}.{ext}" for m in others for ext in ("png", "npy")} | {"a.grid.png"}
+    image, _ = read_image(images["a"])
+    for m in ("eigencam", "smoothgradcam++", "integratedgradcam"):
+        np.testing.assert_array_equal(np.load(out / f"a.{m}.npy"),
+                                      engine.explain([image], m, layer="layer1").saliency[0])
+
+
+def test_methods_lists_every_method() -> None:
+    result = invoke("methods")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [r[0] for r in rows] == list(METHODS)
+    for r, (name, m) in zip(rows, METHODS.items(), strict=True):
+        assert r[1] == m.family
+        assert " ".join(r[2:]) == " ".join(m.description.split()), name

@@ -1,0 +1,188 @@
+"""camrt.visual.overlay: blending arithmetic, colour maps, grids, and image file I/O with OpenCV."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from camrt.errors import InputError
+from camrt.methods import upsample
+from camrt.visual.overlay import COLORMAPS, colorize, grid, overlay, read_image, write_image
+
+# OpenCV's jet in RGB: 0 → dark blue, 1 → dark red (cv2 returns BGR; camrt converts).
+JET_0 = (0, 0, 128)
+JET_1 = (128, 0, 0)
+
+
+def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# --- colorize / overlay -----------------------------------------------------------------------------------
+
+
+def test_colorize_is_rgb_and_clipped() -> None:
+    heat = colorize(np.array([[0.0, 1.0, -3.0, 7.0]]))
+    assert heat.shape == (1, 4, 3) and heat.dtype == np.uint8
+    assert [tuple(p) for p in heat[0]] == [JET_0, JET_1, JET_0, JET_1]
+    for name in COLORMAPS:  # every colour map gives an RGB ramp that changes with the value
+        ramp = colorize(np.linspace(0, 1, 16)[None], name)
+        assert ramp.shape == (1, 16, 3) and len({tuple(p) for p in ramp[0]}) > 8
+
+
+def test_alpha_zero_returns_the_image_and_alpha_one_the_heat_map() -> None:
+    image = random_rgb(12, 9, seed=1)
+    saliency = np.random.default_rng(2).random((12, 9)).astype(np.float32)
+    np.testing.assert_array_equal(overlay(image, saliency, alpha=0.0), image)
+    np.testing.assert_array_equal(overlay(image, saliency, alpha=1.0), colorize(saliency))
+    np.testing.assert_array_equal(overlay(image, saliency, colormap="viridis", alpha=1.0),
+                                  colorize(saliency, "viridis"))
+
+
+def test_blend_by_hand() -> None:
+    image = np.array([[[100, 52, 200], [0, 0, 0]]], np.uint8)
+    saliency = np.array([[1.0, 0.0]], np.float32)
+    got = overlay(image, saliency, alpha=0.25)
+    # 0.75 * (100, 52, 200) + 0.25 * (128, 0, 0) and 0.75 * 0 + 0.25 * (0, 0, 128)
+    assert tuple(got[0, 0]) == (107, 39, 150)
+    assert tuple(got[0, 1]) == (0, 0, 32)
+    half = overlay(image, saliency, alpha=0.5)
+    assert tuple(half[0, 0]) == (114, 26, 100)
+
+
+def test_saliency_is_resized_to_the_image() -> None:
+    image = np.zeros((10, 20, 3), np.uint8)  # H×W = 10×20, a low-res map 2×2
+    saliency = np.array([[1.0, 0.0], [0.3, 0.6]], np.float32)
+    got = overlay(image, saliency, alpha=1.0)
+    assert got.shape == (10, 20, 3)
+    assert tuple(got[0, 0]) == JET_1 and tuple(got[0, -1]) == JET_0  # corners keep their values
+    # Bilinear with half-pixel centres, as camrt.methods.upsample (torch's interpolate) computes it.
+    np.testing.assert_array_equal(got, colorize(upsample(saliency[None], (10, 20))[0]))
+
+
+def test_overlay_errors() -> None:
+    image, saliency = random_rgb(4, 4), np.zeros((4, 4), np.float32)
+    with pytest.raises(InputError, match="unknown colormap 'rainbow'.*jet"):
+        overlay(image, saliency, colormap="rainbow")
+    for alpha in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InputError, match="alpha must be in"):
+            overlay(image, saliency, alpha=alpha)
+    with pytest.raises(InputError, match="H×W×3 RGB uint8"):
+        overlay(image.astype(np.float32), saliency)
+    with pytest.raises(InputError, match="H×W×3 RGB uint8"):
+        overlay(image[:, :, 0], saliency)
+    with pytest.raises(InputError, match="one H×W map"):
+        overlay(image, np.zeros((1, 4, 4), np.float32))
+
+
+# --- grid -------------------------------------------------------------------------------------------------
+
+
+def test_grid_layout() -> None:
+    wide, square = random_rgb(32, 48), random_rgb(64, 64)
+    band = 22  # caption height
+    # Tiles are scaled to the height (48 × 224/32 = 336 wide), padded to the widest, `columns` per row.
+    assert grid([wide, square, square], ["a", "b", "c"]).shape == (224 + band, 3 * 336, 3)
+    assert grid([square], ["a"], height=100).shape == (100 + band, 100, 3)
+    assert grid([square] * 4, list("abcd"), height=50).shape == (50 + band, 4 * 50, 3)
+    assert grid([square] * 5, list("abcde"), height=50).shape == (2 * (50 + band), 4 * 50, 3)
+    assert grid([square] * 5, list("abcde"), height=50, columns=2).shape == (3 * (50 + band), 2 * 50, 3)
+
+
+def test_grid_content() -> None:
+    red = np.zeros((10, 20, 3), np.uint8)
+    red[:, :, 0] = 200
+    blue = np.zeros((10, 10, 3), np.uint8)
+    blue[:, :, 2] = 90
+    g = grid([red, blue], ["red", "blue"], height=40)
+    assert g.shape == (40 + 22, 2 * 80, 3)
+    np.testing.assert_array_equal(g[22:, :80], np.broadcast_to([200, 0, 0], (40, 80, 3)))
+    np.testing.assert_array_equal(g[22:, 80:120], np.broadcast_to([0, 0, 90], (40, 40, 3)))
+    np.testing.assert_array_equal(g[22:, 120:], 255)  # the narrower tile is padded with white
+    caption = g[:22, :80]
+    assert caption.min() < 128 and np.median(caption) == 255  # dark text on white
+
+
+def test_grid_errors() -> None:
+    with pytest.raises(InputError, match="one title per tile"):
+        grid([random_rgb(4, 4)], ["a", "b"])
+    with pytest.raises(InputError, match="at least one tile"):
+        grid([], [])
+
+
+# --- read_image / write_image ---------------------------------------------------------------------------
+
+
+def test_read_rgb_png_channel_order(tmp_path) -> None:
+    rgb = random_rgb(5, 7, seed=3)
+    rgb[0, 0] = (255, 0, 0)  # pure red, in RGB
+    assert cv2.imwrite(str(tmp_path / "a.png"), rgb[:, :, ::-1].copy())  # OpenCV writes BGR
+    image, note = read_image(tmp_path / "a.png")
+    assert image.dtype == np.uint8 and image.shape == (5, 7, 3)
+    np.testing.assert_array_equal(image, rgb)
+    assert tuple(image[0, 0]) == (255, 0, 0) and note is None
+
+
+def test_read_grayscale(tmp_path) -> None:
+    gray = np.arange(20, dtype=np.uint8).reshape(4, 5) * 12
+    assert cv2.imwrite(str(tmp_path / "g.png"), gray)
+    image, note = read_image(tmp_path / "g.png")
+    np.testing.assert_array_equal(image, np.repeat(gray[:, :, None], 3, axis=2))
+    assert "grayscale" in note
+
+
+def test_read_rgba_composited_over_white(tmp_path) -> None:
+    rgba = np.zeros((1, 4, 4), np.uint8)
+    rgba[0] = [(200, 100, 0, 255),  # opaque: the colour
+               (200, 100, 0, 0),  # transparent: white
+               (200, 100, 0, 51),  # 20 %: 0.2 * c + 0.8 * 255
+               (0, 0, 0, 128)]  # 255 * 127/255
+    assert cv2.imwrite(str(tmp_path / "t.png"), rgba[:, :, [2, 1, 0, 3]].copy())  # BGRA on disk
+    image, note = read_image(tmp_path / "t.png")
+    assert image.shape == (1, 4, 3)
+    assert [tuple(p) for p in image[0]] == [(200, 100, 0), (255, 255, 255), (244, 224, 204), (127, 127, 127)]
+    assert "alpha" in note
+
+
+def test_read_16_bit(tmp_path) -> None:
+    rgb16 = np.array([[[65535, 0, 257 * 100], [300, 128, 65535 - 128]]], np.uint16)
+    assert cv2.imwrite(str(tmp_path / "w.png"), rgb16[:, :, ::-1].copy())
+    image, note = read_image(tmp_path / "w.png")
+    assert image.dtype == np.uint8
+    assert [tuple(p) for p in image[0]] == [(255, 0, 100), (1, 0, 255)]  # rounded v / 257, RGB order
+    assert "16-bit" in note
+    gray16 = np.array([[0, 32896, 65535]], np.uint16)
+    assert cv2.imwrite(str(tmp_path / "g16.png"), gray16)
+    image, note = read_image(tmp_path / "g16.png")
+    np.testing.assert_array_equal(image[0], [[0, 0, 0], [128, 128, 128], [255, 255, 255]])
+    assert "16-bit" in note and "grayscale" in note
+
+
+def test_read_errors(tmp_path) -> None:
+    (tmp_path / "notes.png").write_text("not an image\n")
+    with pytest.raises(InputError, match="notes.png' is not a readable image"):
+        read_image(tmp_path / "notes.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(tmp_path / "empty.png")
+    with pytest.raises(InputError, match="missing.png' does not exist"):
+        read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tiff"])
+def test_write_image_round_trip(tmp_path, suffix) -> None:
+    rgb = random_rgb(6, 9, seed=4)
+    path = tmp_path / f"out{suffix}"
+    write_image(path, rgb)
+    image, note = read_image(path)
+    np.testing.assert_array_equal(image, rgb)
+    assert note is None
+    np.testing.assert_array_equal(cv2.imread(str(path))[:, :, ::-1], rgb)  # stored as a normal RGB file
+
+
+def test_write_image_errors(tmp_path) -> None:
+    with pytest.raises(InputError, match="cannot write"):
+        write_image(tmp_path / "no" / "such" / "dir.png", random_rgb(2, 2))
+    with pytest.raises(InputError, match="cannot encode an image as '.xyz'"):
+        write_image(tmp_path / "a.xyz", random_rgb(2, 2))
