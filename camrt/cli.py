@@ -147,5 +147,61 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
     click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}; verified against eager PyTorch")
 
 
+@main.command()
+def methods() -> None:
+    """List the CAM methods with a one-line description each."""
+    from camrt.methods import METHODS
+
+    width = max(len(n) for n in METHODS)
+    for name, m in METHODS.items():
+        click.echo(f"{name:<{width}}  {m.family:<12} {m.description}")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-m", "--method", default="gradcam", show_default=True,
+              help="A method, several separated by commas, or 'all' (see `camrt methods`).")
+@click.option("-o", "--out", "out_dir", default="out", show_default=True, type=click.Path(), help="Output directory.")
+@click.option("--class-idx", type=int, help="Class to explain (default: the top-1 class of each image).")
+@click.option("--layer", "layer_names", multiple=True, help="Target layer; repeat to fuse several (default: last).")
+@click.option("--colormap", default="jet", show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Heat-map weight in the overlay.")
+@click.option("--save-npy", is_flag=True, help="Also save each saliency map as .npy.")
+@click.option("--topk", type=int, default=5, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods.")
+@friendly
+def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, class_idx: int | None,
+            layer_names: tuple[str, ...], colormap: str, alpha: float, save_npy: bool, topk: int, device: str,
+            seed: int) -> None:
+    """Explain IMAGES (files or directories) with MODEL and write overlays to --out."""
+    from camrt.engine import Engine
+    from camrt.explain import explain_files
+
+    engine = Engine(model, device=device)
+    layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
+    click.echo(f"{Path(model).name}: provider {engine.provider}")
+    failed = 0
+    # A method that does not apply (CAM on a head that is not pooling → linear) is an error when
+    # asked for by name; with 'all' it is reported and skipped.
+    strict_methods = method.strip() != "all"
+    for r in explain_files(engine, images, out_dir, method, class_idx, layer, colormap, alpha, save_npy, topk, seed):
+        if r.error:
+            failed += 1
+            click.echo(f"camrt: error: {r.error}", err=True)
+            continue
+        top = ", ".join(f"{label} {p:.1%}" for _, label, p in r.top)
+        note = f" [{r.note}]" if r.note else ""
+        times = " ".join(f"{k} {v * 1000:.0f} ms" for k, v in r.seconds.items())
+        click.echo(f"{r.path}{note}: {top}")
+        click.echo(f"  {len(r.written)} files in {out_dir}; {times}")
+        for name, err in r.method_errors.items():
+            click.echo(f"camrt: error: {r.path}: {name}: {err}", err=True)
+            failed += strict_methods
+    if failed:
+        sys.exit(EXIT_USER_ERROR)
+
+
 if __name__ == "__main__":
     main()
