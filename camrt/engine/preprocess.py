@@ -22,6 +22,23 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero entries of `_resize_matrix` per output row: indices and weights, (n_out, K)."""
+    m = _resize_matrix(n_in, n_out)
+    k = int((m > 0).sum(axis=1).max())
+    idx = np.argsort(m <= 0, axis=1, kind="stable")[:, :k]  # the non-zero columns first, in order
+    return idx, np.take_along_axis(m, idx, axis=1).astype(np.float32)
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """H×W×C float32 resized to size (h, w) with the taps of `_resize_matrix`, as gathers and
+    weighted sums: no BLAS call, whose spinning threads would slow the ONNX Runtime run that
+    follows on a small machine, and no dense (out × in) product."""
+    (ri, rw), (ci, cw) = _taps(img.shape[0], size[0]), _taps(img.shape[1], size[1])
+    rows = np.einsum("hk,hkwc->hwc", rw, img[ri])
+    return np.einsum("wk,hwkc->hwc", cw, rows[:, ci])
+
+
 def to_rgb_float(image: np.ndarray) -> np.ndarray:
     """An H×W×3 float32 image in [0, 1] from uint8 or uint16 RGB, grayscale (H×W or H×W×1,
     replicated) or RGBA (alpha dropped). Anything else is an InputError."""
@@ -52,7 +69,5 @@ def preprocess(images: Sequence[np.ndarray], size: tuple[int, int], prep: Prepro
     out = np.empty((len(images), 3, h, w), np.float32)
     for i, image in enumerate(images):
         rgb = to_rgb_float(image)
-        rh, rw = _resize_matrix(rgb.shape[0], h), _resize_matrix(rgb.shape[1], w)
-        resized = np.einsum("hH,HWc,wW->chw", rh, rgb, rw, optimize=True)
-        out[i] = (resized - mean) / std
+        out[i] = (_resize(rgb, (h, w)).transpose(2, 0, 1) - mean) / std
     return out

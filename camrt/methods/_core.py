@@ -140,4 +140,8 @@ def upsample(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
     dtype = np.result_type(maps.dtype, np.float32)
     rows = _interpolation_matrix(maps.shape[1], int(size[0])).astype(dtype)
     cols = _interpolation_matrix(maps.shape[2], int(size[1])).astype(dtype)
-    return np.einsum("Hh,nhw,Ww->nHW", rows, maps.astype(dtype, copy=False), cols, optimize=True)
+    # Two plain einsum contractions, not BLAS: the matrices are tiny, and a multi-threaded BLAS
+    # call leaves its threads spinning, which took the cores from the next ONNX Runtime run
+    # (measured: Grad-CAM on EfficientNet-Lite0, batch 8, 2 cores: 108 ms instead of 52).
+    tmp = np.einsum("Hh,nhw->nHw", rows, maps.astype(dtype, copy=False))
+    return np.einsum("nHw,Ww->nHW", tmp, cols)
