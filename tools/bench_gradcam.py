@@ -36,14 +36,22 @@ from camrt.engine import Engine  # noqa: E402
 
 
 def median_time(fn, repeat: int, warmup: int = 2) -> float:
+    return median_times([fn], repeat, warmup)[0]
+
+
+def median_times(fns, repeat: int, warmup: int = 2) -> list[float]:
+    """Median seconds of each function, called in turn (interleaved, so that drifts in the
+    machine's speed affect all alike)."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
 
 
 def plain_onnx(model: torch.nn.Module, path: str) -> ort.InferenceSession:
@@ -94,8 +102,8 @@ def main() -> None:
             for batch in (1, 8):
                 x = np.random.default_rng(batch).normal(size=(batch, 3, 224, 224)).astype(np.float32)
                 xt = torch.from_numpy(x)
-                a = median_time(lambda s=plain, x=x: s.run(None, {"input": x}), args.repeat)
-                b = median_time(lambda e=engine, x=x: e.explain(x, "gradcam"), args.repeat)
+                a, b = median_times([lambda s=plain, x=x: s.run(None, {"input": x}),
+                                     lambda e=engine, x=x: e.explain(x, "gradcam")], args.repeat * (8 // batch))
                 with GradCAM(model=model, target_layers=[module]) as ref:
                     c = median_time(lambda r=ref, xt=xt: r(input_tensor=xt, targets=None), max(3, args.repeat // 2),
                                     warmup=1)
