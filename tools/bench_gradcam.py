@@ -36,21 +36,22 @@ from camrt.engine import Engine  # noqa: E402
 
 
 def median_time(fn, repeat: int, warmup: int = 2) -> float:
-    return median_times([fn], repeat, warmup)[0]
+    return median_times([fn], repeat, warmup, rounds=1)[0]
 
 
-def median_times(fns, repeat: int, warmup: int = 2) -> list[float]:
-    """Median seconds of each function, called in turn (interleaved, so that drifts in the
-    machine's speed affect all alike)."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
+def median_times(fns, repeat: int, warmup: int = 2, rounds: int = 3) -> list[float]:
+    """Median seconds of each function, timed in alternating blocks of `repeat` calls (so drifts
+    in the machine's speed affect all alike). Not call by call: ONNX Runtime's threads spin after
+    a run and would slow the other session's next call on a 2-core machine."""
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
+    for _ in range(rounds):
         for fn, ts in zip(fns, times, strict=True):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
+            for _ in range(warmup):
+                fn()
+            for _ in range(repeat):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
     return [statistics.median(ts) for ts in times]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import onnx
 
 from camrt.graph.class_idx import default_class_idx, guard_class_idx
+from camrt.graph.class_select import gather_selected_rows
 from camrt.graph.metadata import attach_manifest
 from camrt.graph.subgraph import forward_only, tail
 
@@ -28,6 +29,7 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProt
 def export_passes(num_classes: int, manifest_json: str) -> list[Pass]:
     """What the exporter does to the graph torch.onnx wrote, in order."""
     return [
+        gather_selected_rows,
         guard_class_idx(num_classes),
         default_class_idx,
         attach_manifest(manifest_json),
@@ -35,4 +37,4 @@ def export_passes(num_classes: int, manifest_json: str) -> list[Pass]:
 
 
 __all__ = ["Pass", "run_passes", "export_passes", "forward_only", "tail",
-           "default_class_idx", "guard_class_idx", "attach_manifest"]
+           "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows"]

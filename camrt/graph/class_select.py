@@ -1,0 +1,71 @@
+"""Pass: the class-selection product `onehot @ W` in the gradient branch becomes a row gather.
+
+The traced backward of the classifier computes `dscore/dfeatures = (g ⊙ onehot(c)) @ W`, a dense
+N×K by K×D product that reads all of W (5 MB for a 1000-class head) to use one row per image.
+Row i of `g ⊙ onehot(c)` has one non-zero, `g[i, c_i]`, so the product equals
+`W[c_i, :] · Σ_k (g ⊙ onehot)[i, k]`, exactly: a Gather and a ReduceSum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from camrt.graph._util import copy
+
+
+def _const(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name and n.attribute:
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def _onehot_index(model: onnx.ModelProto, prod: dict, name: str) -> str | None:
+    """If `name` is Cast(Equal(arange(K), Unsqueeze(c, 1))), return c; else None."""
+    cast = prod.get(name)
+    if cast is None or cast.op_type != "Cast":
+        return None
+    eq = prod.get(cast.input[0])
+    if eq is None or eq.op_type != "Equal":
+        return None
+    for a, b in (eq.input, reversed(eq.input)):
+        values, unsq = _const(model, a), prod.get(b)
+        if values is None or unsq is None or unsq.op_type != "Unsqueeze" or len(unsq.input) < 2:
+            continue
+        axes = _const(model, unsq.input[1])
+        if (values.ndim == 1 and np.array_equal(values, np.arange(values.size))
+                and axes is not None and axes.reshape(-1).tolist() in ([1], [-1])):
+            return unsq.input[0]
+    return None
+
+
+def gather_selected_rows(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite `MatMul(Mul(g, onehot(c)), W)` as `Mul(Gather(W, c), ReduceSum(Mul(g, onehot(c)), 1))`."""
+    model = copy(model)
+    g = model.graph
+    prod = {o: n for n in g.node for o in n.output}
+    new_nodes: list[onnx.NodeProto] = []
+    for node in g.node:
+        mul = prod.get(node.input[0]) if node.op_type == "MatMul" else None
+        index = None
+        if mul is not None and mul.op_type == "Mul":
+            index = _onehot_index(model, prod, mul.input[0]) or _onehot_index(model, prod, mul.input[1])
+        if index is None:
+            new_nodes.append(node)
+            continue
+        out = node.output[0]
+        rows, scale, axes = f"{out}_rows", f"{out}_scale", f"{out}_axes"
+        new_nodes += [
+            helper.make_node("Gather", [node.input[1], index], [rows], axis=0),
+            helper.make_node("Constant", [], [axes], value=numpy_helper.from_array(np.array([1], np.int64))),
+            helper.make_node("ReduceSum", [node.input[0], axes], [scale], keepdims=1),
+            helper.make_node("Mul", [rows, scale], [out]),
+        ]
+    del g.node[:]
+    g.node.extend(new_nodes)
+    return model
