@@ -131,6 +131,8 @@ class Engine:
         for s in range(0, len(x), self.chunk_size):
             parts.append(self._session.run(None, {INPUT: x[s:s + self.chunk_size],
                                                   CLASS_IDX: class_idx[s:s + self.chunk_size]}))
+        if len(parts) == 1:
+            return dict(zip(self._outputs, parts[0], strict=True))
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._outputs)}
 
     def forward(self, images: np.ndarray | Sequence[np.ndarray],

@@ -90,11 +90,14 @@ def normalize(maps: np.ndarray) -> np.ndarray:
         An array of the same shape with every map in [0, 1].
     """
     maps = np.asarray(maps)
+    dtype = np.result_type(maps.dtype, np.float32)
     axes = tuple(range(1, maps.ndim))
-    low = maps.min(axis=axes, keepdims=True)
-    span = maps.max(axis=axes, keepdims=True) - low
-    out = np.zeros_like(maps, dtype=np.result_type(maps.dtype, np.float32))
-    np.divide(maps - low, span, out=out, where=span > 0)
+    low = maps.min(axis=axes, keepdims=True).astype(dtype)
+    span = maps.max(axis=axes, keepdims=True).astype(dtype) - low
+    inverse = np.zeros_like(span)
+    np.divide(1.0, span, out=inverse, where=span > 0)  # only N values: the slow masked divide is cheap here
+    out = np.subtract(maps, low, dtype=dtype)
+    out *= inverse  # a constant map is all zeros already; times 0 keeps it so
     return out
 
 
