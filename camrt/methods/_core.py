@@ -3,6 +3,7 @@ bilinear upsampling. Pure numpy; no state."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -101,6 +102,7 @@ def normalize(maps: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def _interpolation_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """1-D linear interpolation with half-pixel centres (align_corners=False): for each output
     pixel, its two source pixels and the weight of the second.
@@ -112,7 +114,10 @@ def _interpolation_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, 
     src = np.maximum(src, 0.0)
     lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, src - lo
+    frac = src - lo
+    for a in (lo, hi, frac):
+        a.setflags(write=False)  # cached: shared between calls
+    return lo, hi, frac
 
 
 def upsample(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -142,8 +147,9 @@ def upsample(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
     # product: no BLAS call, whose spinning threads took the cores from the next ONNX Runtime run
     # (measured: Grad-CAM on EfficientNet-Lite0, batch 8, 2 cores: 108 ms instead of 52).
     lo, hi, frac = _interpolation_taps(maps.shape[1], int(size[0]))
-    f = frac.astype(dtype)[None, :, None]
-    rows = maps[:, lo] * (1 - f) + maps[:, hi] * f
+    rows = maps[:, lo]
+    rows += (maps[:, hi] - rows) * frac.astype(dtype)[None, :, None]
     lo, hi, frac = _interpolation_taps(maps.shape[2], int(size[1]))
-    f = frac.astype(dtype)[None, None, :]
-    return rows[:, :, lo] * (1 - f) + rows[:, :, hi] * f
+    out = rows[:, :, lo]
+    out += (rows[:, :, hi] - out) * frac.astype(dtype)[None, None, :]
+    return out
