@@ -7,7 +7,8 @@ For resnet50 at layer4 and the pretrained EfficientNet-Lite0 at its head activat
   (a) plain ONNX Runtime inference of the original model (torch.onnx.export, forward only);
   (b) camrt Grad-CAM through the exported graph (Engine.explain: one run + the map, upsampled);
   (c) pytorch-grad-cam's GradCAM in eager PyTorch (same model, layer, input);
-and prints the medians and the ratios b/a (target <= 1.15) and c/b (target >= 3).
+and prints the times per call and the ratios b/a (target <= 1.15) and c/b (target >= 3). Each
+time is the lowest of several block medians (see `median_times`).
 """
 
 from __future__ import annotations
@@ -35,24 +36,24 @@ import camrt  # noqa: E402
 from camrt.engine import Engine  # noqa: E402
 
 
-def median_time(fn, repeat: int, warmup: int = 2) -> float:
-    return median_times([fn], repeat, warmup, rounds=1)[0]
-
-
-def median_times(fns, repeat: int, warmup: int = 2, rounds: int = 3) -> list[float]:
-    """Median seconds of each function, timed in alternating blocks of `repeat` calls (so drifts
-    in the machine's speed affect all alike). Not call by call: ONNX Runtime's threads spin after
-    a run and would slow the other session's next call on a 2-core machine."""
-    times: list[list[float]] = [[] for _ in fns]
+def median_times(fns, repeat: int, warmup: int = 2, rounds: int = 5) -> list[float]:
+    """Seconds per call of each function: the median of a block of `repeat` calls, blocks of the
+    functions alternating for `rounds` rounds, and of those block medians the lowest (the
+    quietest period; this shared 2-core VM has slow spells that shift a whole block by 10-20%).
+    Blocks, not call-by-call alternation: ONNX Runtime's threads spin after a run and would slow
+    the other session's next call."""
+    best = [float("inf")] * len(fns)
     for _ in range(rounds):
-        for fn, ts in zip(fns, times, strict=True):
+        for i, fn in enumerate(fns):
             for _ in range(warmup):
                 fn()
+            ts = []
             for _ in range(repeat):
                 t = time.perf_counter()
                 fn()
                 ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) for ts in times]
+            best[i] = min(best[i], statistics.median(ts))
+    return best
 
 
 def plain_onnx(model: torch.nn.Module, path: str) -> ort.InferenceSession:
@@ -106,8 +107,8 @@ def main() -> None:
                 a, b = median_times([lambda s=plain, x=x: s.run(None, {"input": x}),
                                      lambda e=engine, x=x: e.explain(x, "gradcam")], args.repeat * (8 // batch))
                 with GradCAM(model=model, target_layers=[module]) as ref:
-                    c = median_time(lambda r=ref, xt=xt: r(input_tensor=xt, targets=None), max(3, args.repeat // 2),
-                                    warmup=1)
+                    c = median_times([lambda r=ref, xt=xt: r(input_tensor=xt, targets=None)], 3, warmup=1,
+                                     rounds=3)[0]
                 rows.append((name, batch, a, b, c))
                 print(f"{name:<20}{batch:>6}{a * 1e3:>12.1f}{b * 1e3:>14.1f}{c * 1e3:>17.1f}{b / a:>7.2f}{c / b:>7.2f}",
                       flush=True)
