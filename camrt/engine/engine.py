@@ -192,10 +192,15 @@ class Engine:
                 sa, sg = samples[la]
                 maps.append(spec.fn(a, g, sa, sg))
         size = self.input_size
-        saliency = normalize(upsample(maps[0], size)) if len(maps) == 1 else fuse(maps, size)
+        if len(maps) == 1:
+            up = upsample(maps[0], size)
+            saliency = normalize(up, out=up)
+        else:
+            saliency = fuse(maps, size)
         timings["method"] = time.perf_counter() - t1
         logits = out[LOGITS]
-        return Result(spec.name, tuple(layers), saliency.astype(np.float32), maps[-1].astype(np.float32), used,
+        return Result(spec.name, tuple(layers), saliency.astype(np.float32, copy=False),
+                      maps[-1].astype(np.float32, copy=False), used,
                       logits, _softmax(logits)[np.arange(len(used)), used], timings)
 
     def _method(self, name: str) -> Method:
