@@ -19,11 +19,12 @@ _LAZY = {
 }
 
 
-def export(model, path, layers, input_shape=(1, 3, 224, 224), **options):  # type: ignore[no-untyped-def]
-    """Export a PyTorch model with its CAM outputs; see `camrt.exporter.api.export`."""
+def export(model, example_input=None, layers=(), path=None, **options):  # type: ignore[no-untyped-def]
+    """Export a PyTorch model with its CAM outputs:
+    `camrt.export(model, example_input, layers=[...], path=...)`; see `camrt.exporter.api.export`."""
     from camrt.exporter.api import export as _export
 
-    return _export(model, path, layers, input_shape, **options)
+    return _export(model, example_input, layers, path, **options)
 
 
 def list_layers(model, input_shape=(1, 3, 224, 224), **options):  # type: ignore[no-untyped-def]

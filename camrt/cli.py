@@ -138,7 +138,8 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
 
     out = output or str(Path(model).with_suffix("").name) + ".cam.onnx"
     manifest = export(
-        model, out, layer_names, _int_list(input_shape, "--input-shape", 4), arch=arch, trust_pickle=trust_pickle,
+        model, layers=layer_names, path=out, input_shape=_int_list(input_shape, "--input-shape", 4), arch=arch,
+        trust_pickle=trust_pickle,
         output_index=output_index, opset=opset,
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
         labels=_read_labels(labels_file),

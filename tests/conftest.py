@@ -12,5 +12,5 @@ def lite0(tmp_path_factory):
 
     model = pretrained().eval()
     path = tmp_path_factory.mktemp("lite0") / "lite0.cam.onnx"
-    camrt.export(model, path, list(LAYERS), mean=MEAN, std=STD, labels=imagenet_labels())
+    camrt.export(model, layers=list(LAYERS), path=path, mean=MEAN, std=STD, labels=imagenet_labels())
     return model, str(path)

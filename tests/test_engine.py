@@ -39,7 +39,7 @@ def model() -> TinyNet:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory, model):
     path = tmp_path_factory.mktemp("engine") / "tiny.cam.onnx"
-    camrt.export(model, path, LAYERS, (1, 3, *SIZE))
+    camrt.export(model, layers=LAYERS, path=path, input_shape=(1, 3, *SIZE))
     return path
 
 

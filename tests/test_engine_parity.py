@@ -56,7 +56,7 @@ def image() -> np.ndarray:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, model) -> Engine:
     path = tmp_path_factory.mktemp("parity") / "resnet18.cam.onnx"
-    camrt.export(model, path, [LAYER], (1, 3, SIZE, SIZE))
+    camrt.export(model, layers=[LAYER], path=path, input_shape=(1, 3, SIZE, SIZE))
     return Engine(path, device="cpu")
 
 

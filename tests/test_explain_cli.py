@@ -28,7 +28,8 @@ SIZE = (32, 32)
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "tiny.cam.onnx"
-    camrt.export(make(TinyNet, seed=11), path, ["layer1", "layer2"], (1, 3, *SIZE), labels=LABELS)
+    camrt.export(make(TinyNet, seed=11), layers=["layer1", "layer2"], path=path, input_shape=(1, 3, *SIZE),
+                 labels=LABELS)
     return path
 
 

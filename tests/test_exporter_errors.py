@@ -50,51 +50,52 @@ def out_dir(tmp_path):
 
 def test_unknown_layer_suggests_close_names(out_dir) -> None:
     with pytest.raises(LayerError, match=r"no layer named 'layer11'; did you mean .*\blayer1\b"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer11"], SHAPE)
+        camrt.export(make(TinyNet), layers=["layer11"], path=out_dir / "m.onnx", input_shape=SHAPE)
     assert list(out_dir.iterdir()) == []
 
 
 def test_unknown_layer_without_close_name_points_to_layers_command(out_dir) -> None:
     with pytest.raises(LayerError, match="camrt layers"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["zzzzzz"], SHAPE)
+        camrt.export(make(TinyNet), layers=["zzzzzz"], path=out_dir / "m.onnx", input_shape=SHAPE)
 
 
 def test_shared_module_is_refused(out_dir) -> None:
     with pytest.raises(LayerError, match=r"'relu' \(ReLU\) runs 2 times"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["relu"], SHAPE)
+        camrt.export(make(TinyNet), layers=["relu"], path=out_dir / "m.onnx", input_shape=SHAPE)
     assert list(out_dir.iterdir()) == []
 
 
 def test_two_dimensional_layer_is_refused(out_dir) -> None:
     with pytest.raises(LayerError, match=r"'fc' \(Linear\) returns output of shape \(1, 5\).*N×C×H×W"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["fc"], SHAPE)
+        camrt.export(make(TinyNet), layers=["fc"], path=out_dir / "m.onnx", input_shape=SHAPE)
 
 
 def test_no_layer_and_duplicate_layer(out_dir) -> None:
     with pytest.raises(LayerError, match="no target layer"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", [], SHAPE)
+        camrt.export(make(TinyNet), layers=[], path=out_dir / "m.onnx", input_shape=SHAPE)
     with pytest.raises(LayerError, match="named twice"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer1", "layer1"], SHAPE)
+        camrt.export(make(TinyNet), layers=["layer1", "layer1"], path=out_dir / "m.onnx", input_shape=SHAPE)
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 32, 32), (1, 3, 32), (0, 3, 32, 32)])
 def test_input_shape_the_model_rejects(out_dir, shape) -> None:
     per_channel = (0.5,) * (shape[1] if len(shape) == 4 else 3)
     with pytest.raises(InputError, match=r"shape .* (positive sizes|--input-shape)"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer1"], shape, mean=per_channel, std=per_channel)
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=shape,
+                     mean=per_channel, std=per_channel)
     assert list(out_dir.iterdir()) == []
 
 
 def test_output_in_missing_directory(tmp_path) -> None:
     target = tmp_path / "missing" / "m.onnx"
     with pytest.raises(InputError, match="does not exist"):
-        camrt.export(make(TinyNet), target, ["layer1"], SHAPE)
+        camrt.export(make(TinyNet), layers=["layer1"], path=target, input_shape=SHAPE)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_output_path_is_a_directory(out_dir) -> None:
     with pytest.raises(InputError, match="is a directory"):
-        camrt.export(make(TinyNet), out_dir, ["layer1"], SHAPE)
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir, input_shape=SHAPE)
 
 
 def test_output_in_read_only_directory(tmp_path) -> None:
@@ -105,7 +106,7 @@ def test_output_in_read_only_directory(tmp_path) -> None:
         if os.access(ro, os.W_OK):
             pytest.skip("permissions do not stop this user (root); see test_output_directory_refusing_files")
         with pytest.raises(InputError, match="not writable"):
-            camrt.export(make(TinyNet), ro / "m.onnx", ["layer1"], SHAPE)
+            camrt.export(make(TinyNet), layers=["layer1"], path=ro / "m.onnx", input_shape=SHAPE)
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
@@ -119,30 +120,30 @@ def test_output_directory_refusing_files(out_dir, monkeypatch) -> None:
 
     monkeypatch.setattr(api.tempfile, "mkstemp", refuse)
     with pytest.raises(InputError, match=r"cannot write .*Permission denied"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer1"], SHAPE)
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE)
     assert list(out_dir.iterdir()) == []
 
 
 def test_tuple_output_needs_output_index(out_dir) -> None:
     with pytest.raises(InputError, match=r"returns 2 outputs.*output-index"):
-        camrt.export(make(TupleNet), out_dir / "m.onnx", ["layer1"], SHAPE)
+        camrt.export(make(TupleNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE)
     with pytest.raises(InputError, match="out of range"):
-        camrt.export(make(TupleNet), out_dir / "m.onnx", ["layer1"], SHAPE, output_index=2)
+        camrt.export(make(TupleNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE, output_index=2)
     with pytest.raises(InputError, match="expected N×K"):  # output 0 is the feature map
-        camrt.export(make(TupleNet), out_dir / "m.onnx", ["layer1"], SHAPE, output_index=0)
+        camrt.export(make(TupleNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE, output_index=0)
     assert list(out_dir.iterdir()) == []
 
 
 def test_labels_of_the_wrong_length(out_dir) -> None:
     with pytest.raises(InputError, match="4 labels given for 5 classes"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer1"], SHAPE, labels=list("abcd"))
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE, labels=list("abcd"))
 
 
 def test_mean_std_of_the_wrong_length(out_dir) -> None:
     with pytest.raises(InputError, match="3 values"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer1"], SHAPE, mean=(0.5, 0.5))
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE, mean=(0.5, 0.5))
     with pytest.raises(InputError, match="non-zero"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer1"], SHAPE, std=(0.5, 0.0, 0.5))
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE, std=(0.5, 0.0, 0.5))
 
 
 # --- failures after tracing leave nothing behind -------------------------------------------------
@@ -153,7 +154,7 @@ def test_verification_failure_writes_nothing(out_dir, monkeypatch) -> None:
     target.write_bytes(b"previous export")
     monkeypatch.setattr(verify, "compare", lambda name, got, ref, yardstick=None: verify.Mismatch(name, "forced"))
     with pytest.raises(VerificationError, match="disagrees with eager PyTorch.*logits"):
-        camrt.export(make(TinyNet), target, ["layer1"], SHAPE)
+        camrt.export(make(TinyNet), layers=["layer1"], path=target, input_shape=SHAPE)
     assert [p.name for p in out_dir.iterdir()] == ["m.onnx"]
     assert target.read_bytes() == b"previous export"
 
@@ -166,7 +167,7 @@ def test_failed_write_leaves_no_partial_file(out_dir, monkeypatch) -> None:
 
     monkeypatch.setattr(api.onnx, "save", half_save)
     with pytest.raises(ExportError, match="writing the ONNX file failed"):
-        camrt.export(make(TinyNet), out_dir / "m.onnx", ["layer1"], SHAPE)
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE)
     assert list(out_dir.iterdir()) == []
 
 
@@ -184,8 +185,8 @@ def exported(tmp_path_factory):
         "state": {k: v.clone() for k, v in model.state_dict().items()},
     }
     path = tmp_path_factory.mktemp("tiny") / "tiny.cam.onnx"
-    manifest = camrt.export(model, path, ["layer1", "layer2"], SHAPE, labels=[f"c{i}" for i in range(K)],
-                            mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25))
+    manifest = camrt.export(model, layers=["layer1", "layer2"], path=path, input_shape=SHAPE,
+                            labels=[f"c{i}" for i in range(K)], mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25))
     return {"model": model, "path": path, "manifest": manifest, "before": before,
             "sess": open_session(path, device="cpu")}
 
@@ -247,7 +248,7 @@ def test_class_idx_of_length_one_broadcasts(exported, c) -> None:
 def test_tuple_output_with_output_index(tmp_path) -> None:
     model = make(TupleNet, seed=3)
     path = tmp_path / "tuple.onnx"
-    camrt.export(model, path, ["layer2"], SHAPE, output_index=1)
+    camrt.export(model, layers=["layer2"], path=path, input_shape=SHAPE, output_index=1)
     x = inputs((3, 3, 32, 32), seed=8)
     cls = np.array([-1, 2, 4])
     assert_matches(run(open_session(path), x, cls), eager_cam(model, x, cls, ["layer2"], output_index=1))
@@ -263,7 +264,7 @@ CONV_LAYERS = ["c1", "c2", "c3", "c4"]
 def pool_export(tmp_path_factory):
     model = make(PoolNet, seed=11)
     path = tmp_path_factory.mktemp("pool") / "pool.onnx"
-    camrt.export(model, path, POOL_LAYERS, PoolNet.SHAPE)
+    camrt.export(model, layers=POOL_LAYERS, path=path, input_shape=PoolNet.SHAPE)
     return model, open_session(path)
 
 
@@ -271,7 +272,7 @@ def pool_export(tmp_path_factory):
 def conv_export(tmp_path_factory):
     model = make(ConvNet, seed=12)
     path = tmp_path_factory.mktemp("conv") / "conv.onnx"
-    camrt.export(model, path, CONV_LAYERS, ConvNet.SHAPE)
+    camrt.export(model, layers=CONV_LAYERS, path=path, input_shape=ConvNet.SHAPE)
     return model, open_session(path)
 
 

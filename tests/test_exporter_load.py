@@ -53,7 +53,7 @@ def test_pt2_export_matches_eager_autograd(model, tmp_path) -> None:
     same_outputs(model, loaded)
 
     out = tmp_path / "tiny.cam.onnx"
-    manifest = camrt.export(src, out, ["layer1", "layer2.0"], SHAPE)
+    manifest = camrt.export(src, layers=["layer1", "layer2.0"], path=out, input_shape=SHAPE)
     assert manifest.source == str(src)
     assert [la.name for la in manifest.layers] == ["layer1", "layer2.0"]
     x = inputs((3, 3, 32, 32), seed=31)  # fresh input, another batch size than the example
@@ -227,5 +227,5 @@ def test_unreadable_file(model, tmp_path) -> None:
 
 def test_export_from_a_missing_file_writes_nothing(tmp_path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
-        camrt.export(tmp_path / "nope.pth", tmp_path / "m.onnx", ["layer1"], SHAPE, arch=ARCH)
+        camrt.export(tmp_path / "nope.pth", layers=["layer1"], path=tmp_path / "m.onnx", input_shape=SHAPE, arch=ARCH)
     assert list(tmp_path.iterdir()) == []

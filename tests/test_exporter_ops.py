@@ -61,7 +61,7 @@ def test_op_after_target_matches_eager(name: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = Net(HEADS[name](8)).eval()
     path = str(tmp_path / "m.onnx")
-    camrt.export(model, path, ["stem"], (1, 3, 12, 12))
+    camrt.export(model, layers=["stem"], path=path, input_shape=(1, 3, 12, 12))
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).normal(size=(3, 3, 12, 12)).astype(np.float32)
     cls = np.array([-1, 0, 4])
@@ -76,5 +76,5 @@ def test_transposed_convolution_after_target_is_named(tmp_path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 4, 2, stride=2), nn.Flatten(), nn.LazyLinear(3))
     model(torch.zeros(1, 3, 8, 8))
     with pytest.raises(UnsupportedOpError, match="transposed convolution"):
-        camrt.export(model, str(tmp_path / "m.onnx"), ["0"], (1, 3, 8, 8))
+        camrt.export(model, layers=["0"], path=str(tmp_path / "m.onnx"), input_shape=(1, 3, 8, 8))
     assert list(tmp_path.iterdir()) == []

@@ -62,7 +62,7 @@ def test_zoo_matches_eager_autograd(name: str, tmp_path) -> None:
     model = getattr(torchvision.models, name)().eval()
     path = str(tmp_path / f"{name}.cam.onnx")
     layers = ZOO[name]
-    manifest = camrt.export(model, path, layers)
+    manifest = camrt.export(model, layers=layers, path=path)
     assert [la.name for la in manifest.layers] == layers
     k = manifest.num_classes
     check_against_eager(model, path, layers, fresh_inputs(1, 1), np.array([-1]))

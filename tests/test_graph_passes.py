@@ -197,7 +197,7 @@ SHAPE = (1, 3, 16, 16)
 def residual(tmp_path_factory):
     model = make(ResNetty, seed=5)
     path = tmp_path_factory.mktemp("res") / "res.onnx"
-    camrt.export(model, path, ["block.2"], SHAPE)
+    camrt.export(model, layers=["block.2"], path=path, input_shape=SHAPE)
     return model, onnx.load(path)
 
 

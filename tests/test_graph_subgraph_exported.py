@@ -18,7 +18,7 @@ def resnet18_cam(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("r18") / "r18.cam.onnx"
     # layer3.0's output crosses the cut twice: into layer3.1's convolutions and its identity skip.
-    camrt.export(torchvision.models.resnet18().eval(), path, ["layer3.0", "layer4"])
+    camrt.export(torchvision.models.resnet18().eval(), layers=["layer3.0", "layer4"], path=path)
     return onnx.load(path)
 
 

@@ -98,7 +98,7 @@ def main() -> None:
         for name, model, layer in models():
             plain = plain_onnx(model, f"{tmp}/{name}.onnx")
             cam_path = f"{tmp}/{name}.cam.onnx"
-            camrt.export(model, cam_path, [layer])
+            camrt.export(model, layers=[layer], path=cam_path)
             engine = Engine(cam_path, device="cpu", chunk_size=64)
             module = dict(model.named_modules())[layer]
             for batch in (1, 8):

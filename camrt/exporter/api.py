@@ -109,10 +109,11 @@ def _check_with_ort(path: Path, model: nn.Module, manifest: Manifest, output_ind
 
 def export(
     model: nn.Module | str | os.PathLike,
-    path: str | os.PathLike,
-    layers: Sequence[str],
-    input_shape: Sequence[int] = (1, 3, 224, 224),
+    example_input: torch.Tensor | None = None,
+    layers: Sequence[str] = (),
+    path: str | os.PathLike | None = None,
     *,
+    input_shape: Sequence[int] | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
     output_index: int | None = None,
@@ -129,10 +130,12 @@ def export(
 
     Args:
         model: an nn.Module, or a model file (see `camrt.exporter.load.FORMATS`).
-        path: where to write the .onnx file.
+        example_input: an N×C×H×W tensor to trace with (or None: a random one of `input_shape`);
+            N is dynamic in the exported graph, C×H×W fixed.
         layers: target module names (`camrt layers` lists them); each must run once per forward
             and return an N×C×H×W map.
-        input_shape: the example input shape N,C,H,W; N is dynamic in the exported graph.
+        path: where to write the .onnx file.
+        input_shape: the example's shape when no `example_input` is given (default 1,3,224,224).
         arch, trust_pickle: how to load a model file (state dict + architecture; pickles).
         output_index: which output holds the class scores when the model returns several.
         opset: ONNX opset (the dynamo exporter's default is 18; camrt uses 20).
@@ -147,6 +150,14 @@ def export(
         UnsupportedOpError, VerificationError) with a message that says what to do.
     """
     layers = list(layers)
+    if path is None:
+        raise InputError("export needs path=, the .onnx file to write")
+    if example_input is not None:
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+            raise InputError("example_input must be an N×C×H×W torch.Tensor")
+        if input_shape is not None and tuple(input_shape) != tuple(example_input.shape):
+            raise InputError(f"input_shape {tuple(input_shape)} disagrees with example_input's shape "
+                             f"{tuple(example_input.shape)}; give one of them")
     path = Path(path)
     out_dir = path.parent if str(path.parent) else Path(".")
     if not out_dir.is_dir():
@@ -158,7 +169,10 @@ def export(
     source = str(model) if not isinstance(model, nn.Module) else type(model).__name__
     if not isinstance(model, nn.Module):
         model = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    example = _example(input_shape, seed=0)
+    if example_input is not None:
+        example = example_input.detach().to(torch.float32)
+    else:
+        example = _example(input_shape if input_shape is not None else (1, 3, 224, 224), seed=0)
     channels = example.shape[1]
     if len(mean) != channels or len(std) != channels or any(s == 0 for s in std):
         raise InputError(f"--mean and --std need {channels} values each (one per input channel), std non-zero")
