@@ -77,7 +77,7 @@ def explain_files(
     `out_dir/<stem>.<method>.png` (and `.npy` with `save_npy`), plus `<stem>.grid.png` when several
     methods run. A bad image or a method that does not apply is reported, and the run goes on."""
     names = resolve_methods(methods)
-    engine._layers(layer)  # a layer the model lacks fails every image: one error, before any work
+    engine.resolve_layers(layer)  # a layer the model lacks fails every image: one error, before any work
     if colormap not in COLORMAPS:
         raise InputError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
     if not 0.0 <= alpha <= 1.0:

@@ -166,14 +166,14 @@ class Engine:
             options: method options (for sampled methods, e.g. n, sigma, steps).
         """
         self._method(method)  # fail before running the model
-        self._layers(layer)
+        self.resolve_layers(layer)
         return self.explain_pass(self.forward(images, class_idx), method, layer, seed, **options)
 
     def explain_pass(self, p: Pass, method: str = "gradcam", layer: str | Sequence[str] | None = None,
                      seed: int = 0, **options: object) -> Result:
         """`explain` on the outputs of an earlier `forward` (no new run for gradient methods)."""
         spec = self._method(method)
-        layers = self._layers(layer)
+        layers = self.resolve_layers(layer)
         out, used = p.outputs, p.outputs["class_idx_used"]
         timings = {"inference": p.seconds}
         samples = None
@@ -211,7 +211,8 @@ class Engine:
             raise InputError(f"method '{name}' ({spec.family}) is not served by this engine yet")
         return spec
 
-    def _layers(self, layer: str | Sequence[str] | None) -> list[str]:
+    def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
+        """The target layers `layer` names (None: the last exported one), checked against the model."""
         names = [la.name for la in self.manifest.layers]
         wanted = [names[-1]] if layer is None else [layer] if isinstance(layer, str) else list(layer)
         for la in wanted:
