@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import numpy as np
 from camrt.engine.preprocess import preprocess
 from camrt.engine.session import open_session
 from camrt.errors import InputError
-from camrt.manifest import CLASS_IDX, INPUT, LOGITS, METADATA_KEY, Manifest
+from camrt.manifest import CLASS_IDX, INPUT, LOGITS, METADATA_KEY, Manifest, activation_name
 from camrt.methods import METHODS, Method, fuse, normalize, upsample
 
 logger = logging.getLogger("camrt")
@@ -93,6 +93,8 @@ class Engine:
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             logger.warning("CUDA was asked for but is not available to onnxruntime; running on %s", self.provider)
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self._device = device
+        self._tails: dict[str, tuple[object, object | None, list[str]]] = {}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -152,6 +154,7 @@ class Engine:
         class_idx: int | Sequence[int] | np.ndarray | None = None,
         layer: str | Sequence[str] | None = None,
         seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
         **options: object,
     ) -> Result:
         """Explain `images` with `method` (a name from `camrt.methods.METHODS`).
@@ -163,14 +166,17 @@ class Engine:
             layer: a target layer name, a list of names to fuse (LayerCAM-style, shallow to deep),
                 or None for the model's last exported layer.
             seed: seeds the random copies of randomised methods (Smooth Grad-CAM++).
+            progress: for methods that re-run the network many times (feature perturbation),
+                called as progress(done, total) after each chunk; raising from it stops the run.
             options: method options (for sampled methods, e.g. n, sigma, steps).
         """
         self._method(method)  # fail before running the model
         self.resolve_layers(layer)
-        return self.explain_pass(self.forward(images, class_idx), method, layer, seed, **options)
+        return self.explain_pass(self.forward(images, class_idx), method, layer, seed, progress, **options)
 
     def explain_pass(self, p: Pass, method: str = "gradcam", layer: str | Sequence[str] | None = None,
-                     seed: int = 0, **options: object) -> Result:
+                     seed: int = 0, progress: Callable[[int, int], None] | None = None,
+                     **options: object) -> Result:
         """`explain` on the outputs of an earlier `forward` (no new run for gradient methods)."""
         spec = self._method(method)
         layers = self.resolve_layers(layer)
@@ -186,7 +192,9 @@ class Engine:
         maps = []
         for la in layers:
             a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
-            if samples is None:
+            if spec.family == "feature":
+                maps.append(self._feature_map(spec, p, la, progress))
+            elif samples is None:
                 maps.append(spec.fn(a, g))
             else:
                 sa, sg = samples[la]
@@ -207,7 +215,7 @@ class Engine:
         spec = METHODS.get(name)
         if spec is None:
             raise InputError(f"unknown method '{name}'; `camrt methods` lists them: {', '.join(METHODS)}")
-        if spec.family not in ("gradient", "sampled"):
+        if spec.family not in ("gradient", "sampled", "feature"):
             raise InputError(f"method '{name}' ({spec.family}) is not served by this engine yet")
         return spec
 
@@ -221,6 +229,47 @@ class Engine:
         if not wanted:
             raise InputError("layer is an empty list")
         return wanted
+
+    def _tail(self, layer: str):
+        """(tail session, forward-only session for the tensors crossing the cut or None, their names),
+        built once per layer from the model file with camrt.graph's passes."""
+        if layer not in self._tails:
+            import onnx
+
+            from camrt.graph import forward_only, tail
+
+            model = onnx.load(str(self.path))
+            sub, boundary = tail(model, layer)
+            fwd = open_session(forward_only(model, boundary).SerializeToString(), self._device) if boundary else None
+            self._tails[layer] = (open_session(sub.SerializeToString(), self._device), fwd, boundary)
+        return self._tails[layer]
+
+    def _feature_map(self, spec: Method, p: Pass, layer: str,
+                     progress: Callable[[int, int], None] | None) -> np.ndarray:
+        """Feature perturbation: stream each image's perturbed activations through the tail in
+        chunks of `chunk_size` rows; memory grows with the chunk, not with the number of copies."""
+        session, fwd, boundary = self._tail(layer)
+        acts = p.outputs[activation_name(layer)]
+        logits, used = p.outputs[LOGITS], p.outputs["class_idx_used"]
+        base_scores = logits if spec.score == "logit" else _softmax(logits)
+        total = sum(spec.count(a) for a in acts)
+        done = 0
+        maps = []
+        for n, a in enumerate(acts):
+            crossing = dict(zip(boundary, fwd.run(boundary, {INPUT: p.x[n:n + 1]}), strict=True)) if fwd else {}
+            scores = []
+            for batch in spec.inputs(a, self.chunk_size):
+                feed = {activation_name(layer): batch}
+                feed.update({k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()})
+                z = session.run(None, feed)[0]
+                if spec.score == "probability":
+                    z = _softmax(z)
+                scores.append(z[:, used[n]])
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+            maps.append(spec.fn(a[None], np.concatenate(scores), float(base_scores[n, used[n]])))
+        return np.concatenate(maps)
 
     def _run_samples(self, spec: Method, x: np.ndarray, used: np.ndarray, layers: list[str], seed: int,
                      options: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:

@@ -8,6 +8,9 @@ returns the saliency map ``(N, h, w)`` after its ReLU; the caller then applies
 * ``"sampled"``: ``fn(activation, gradient, sample_activation, sample_gradient)``; the copies of the
   input come from ``samples(x, rng, **sample_options, **inputs named in sample_inputs)`` and run in the
   same batch as the input (see `camrt.methods.sampled`).
+* ``"feature"``: ``fn(activation, scores, base)``; copies of one image's activation from
+  ``inputs(activation, chunk)`` (``count`` of them) go through the graph's tail in streamed chunks
+  (see `camrt.methods.perturbation`).
 * ``"perturbation"``: reserved for methods that score perturbed inputs (Score-CAM etc.).
 
 This package imports numpy only (no torch, onnxruntime or cv2).
@@ -36,6 +39,14 @@ from camrt.methods.gradient import (
     layercam,
     xgradcam,
 )
+from camrt.methods.perturbation import (
+    ablation_count,
+    ablation_inputs,
+    ablationcam,
+    reciprocam,
+    reciprocam_count,
+    reciprocam_inputs,
+)
 from camrt.methods.sampled import (
     integratedgradcam,
     integratedgradcam_samples,
@@ -43,7 +54,7 @@ from camrt.methods.sampled import (
     smoothgradcampp_samples,
 )
 
-Family = Literal["gradient", "sampled", "perturbation"]
+Family = Literal["gradient", "sampled", "feature", "perturbation"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class Method:
         sample_inputs: keyword arguments of `samples` that the caller must supply (no default), e.g.
             ``"baseline"``: the preprocessed black image.
         uses_gradient: False when `fn` ignores the gradient, so a forward-only run is enough.
+        inputs, count: for feature-perturbation methods, the generator of perturbed activations
+            (``inputs(activation, chunk)``) and how many it yields for an activation.
+        score: which class score the perturbed copies are judged by: "logit" or "probability".
     """
 
     name: str
@@ -72,6 +86,9 @@ class Method:
     sample_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     sample_inputs: tuple[str, ...] = ()
     uses_gradient: bool = True
+    inputs: Callable[..., Any] | None = None
+    count: Callable[[np.ndarray], int] | None = None
+    score: Literal["logit", "probability"] = "logit"
 
 
 METHODS: dict[str, Method] = {
@@ -113,10 +130,21 @@ METHODS: dict[str, Method] = {
         "integratedgradcam", integratedgradcam, "Grad-CAM terms integrated along the path from a black image",
         "https://arxiv.org/abs/2102.07805", "sampled", samples=integratedgradcam_samples,
         sample_options=MappingProxyType({"steps": 20}), sample_inputs=("baseline",)),
+    "ablationcam": Method(
+        "ablationcam", ablationcam, "Relative drop of the class score when each channel is zeroed (tail re-runs)",
+        "https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_"
+        "Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html", "feature",
+        uses_gradient=False, inputs=ablation_inputs, count=ablation_count, score="logit"),
+    "reciprocam": Method(
+        "reciprocam", reciprocam, "Class probability of each position's features alone (tail re-runs)",
+        "https://arxiv.org/abs/2209.14074", "feature", uses_gradient=False, inputs=reciprocam_inputs,
+        count=reciprocam_count, score="probability"),
 }
 
 __all__ = [
     "METHODS",
+    "ablationcam",
+    "reciprocam",
     "Method",
     "abscam",
     "abscam_channel_maps",

@@ -1,0 +1,103 @@
+"""Feature-perturbation family: the target activation is perturbed and only the layers after it
+(the graph's tail) are re-run, in streamed chunks.
+
+Each method has two pure functions:
+
+* ``<method>_inputs(activation, chunk) -> Iterator[(k, C, h, w)]`` yields the perturbed copies of
+  one image's activation ``(C, h, w)``, at most `chunk` at a time (never all at once), in a fixed
+  order; ``<method>_count(activation)`` says how many there are in all.
+* ``<method>(activation, scores, base) -> (1, h, w)`` makes the map from the class scores of the
+  copies (in that order) and the score of the unperturbed activation; `Method.score` says
+  whether the engine passes logits (``"logit"``) or softmax probabilities (``"probability"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from camrt.errors import InputError
+from camrt.methods._core import combine, relu
+
+
+def _check(activation: np.ndarray, chunk: int) -> None:
+    if activation.ndim != 3:
+        raise InputError(f"a feature-perturbation method takes one image's activation C×h×w, got {activation.shape}")
+    if int(chunk) != chunk or chunk < 1:
+        raise InputError(f"chunk must be a positive integer, got {chunk}")
+
+
+def ablation_count(activation: np.ndarray) -> int:
+    return int(activation.shape[0])
+
+
+def ablation_inputs(activation: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """Copies of the activation with one channel zeroed each: channel k in copy k."""
+    _check(activation, chunk)
+    c = activation.shape[0]
+    for start in range(0, c, chunk):
+        k = min(chunk, c - start)
+        batch = np.repeat(activation[None], k, axis=0)
+        batch[np.arange(k), start + np.arange(k)] = 0.0
+        yield batch
+
+
+def ablationcam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+    """Ablation-CAM: each channel weighted by the relative drop of the class score without it.
+
+    ``L = ReLU(Σ_k w_k A_k)``, ``w_k = (y_c − y_c^(k)) / y_c``, where ``y_c^(k)`` is the class
+    logit with channel k of A set to zero. camrt re-runs only the layers after the target layer;
+    pytorch-grad-cam's `AblationCAM` re-runs the whole model for the same numbers.
+
+    Paper: https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf
+
+    Args:
+        activation: the unperturbed activation, ``(1, C, h, w)``.
+        scores: ``y_c^(k)`` for k = 0..C-1, shape ``(C,)``.
+        base: ``y_c`` of the unperturbed activation (non-zero).
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    if base == 0:
+        raise InputError("Ablation-CAM divides by the class score, which is exactly 0 here; use another method")
+    weights = (base - np.asarray(scores, dtype=np.float64)) / base
+    return relu(combine(weights[None].astype(activation.dtype), activation))
+
+
+def reciprocam_count(activation: np.ndarray) -> int:
+    return int(activation.shape[1] * activation.shape[2])
+
+
+def reciprocam_inputs(activation: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """Copies of the activation that keep one spatial position each (all channels), zeros elsewhere:
+    position (i, j) in copy i·w + j."""
+    _check(activation, chunk)
+    c, h, w = activation.shape
+    for start in range(0, h * w, chunk):
+        pos = np.arange(start, min(h * w, start + chunk))
+        batch = np.zeros((len(pos), c, h, w), dtype=activation.dtype)
+        rows, cols = pos // w, pos % w
+        batch[np.arange(len(pos)), :, rows, cols] = activation[:, rows, cols].T
+        yield batch
+
+
+def reciprocam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+    """Recipro-CAM: the class probability the tail gives to each position's features alone.
+
+    ``L(i, j) = softmax(f_tail(A ⊙ m_ij))_c``, with ``m_ij`` the one-hot spatial mask of position
+    (i, j) (the paper's first version; its later Gaussian-kernel variant is not implemented).
+
+    Paper: https://arxiv.org/abs/2209.14074
+
+    Args:
+        activation: the unperturbed activation, ``(1, C, h, w)``.
+        scores: the class probabilities of the h·w masked copies, in row-major position order.
+        base: unused (the unperturbed probability), accepted for the common signature.
+
+    Returns:
+        Saliency map ``(1, h, w)`` (probabilities, non-negative).
+    """
+    _, _, h, w = activation.shape
+    return np.asarray(scores, dtype=activation.dtype).reshape(1, h, w)
