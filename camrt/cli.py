@@ -187,7 +187,13 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
     # A method that does not apply (CAM on a head that is not pooling → linear) is an error when
     # asked for by name; with 'all' it is reported and skipped.
     strict_methods = method.strip() != "all"
-    for r in explain_files(engine, images, out_dir, method, class_idx, layer, colormap, alpha, save_npy, topk, seed):
+
+    def progress(path: Path, name: str, done: int, total: int) -> None:
+        click.echo(f"\r  {path.name} {name}: {done}/{total} network runs", nl=done == total, err=True)
+
+    # A progress line only on a terminal; in logs it would be one line per chunk.
+    for r in explain_files(engine, images, out_dir, method, class_idx, layer, colormap, alpha, save_npy, topk, seed,
+                           progress if sys.stderr.isatty() else None):
         if r.error:
             failed += 1
             click.echo(f"camrt: error: {r.error}", err=True)

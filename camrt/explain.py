@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 def served_methods() -> list[str]:
-    """The methods one `explain` run can serve (gradient and sampled families)."""
+    """What '--method all' means: the methods served from one graph run (gradient and sampled
+    families). Perturbation methods re-run the network many times and are asked for by name."""
     return [name for name, m in METHODS.items() if m.family in ("gradient", "sampled")]
 
 
@@ -72,10 +73,12 @@ def explain_files(
     save_npy: bool = False,
     topk: int = 5,
     seed: int = 0,
+    progress: Callable[[Path, str, int, int], None] | None = None,
 ) -> Iterator[ImageReport]:
     """For each image: one run of the graph, then every method from it; writes
     `out_dir/<stem>.<method>.png` (and `.npy` with `save_npy`), plus `<stem>.grid.png` when several
-    methods run. A bad image or a method that does not apply is reported, and the run goes on."""
+    methods run. A bad image or a method that does not apply is reported, and the run goes on.
+    `progress(path, method, done, total)` follows the methods that re-run the network many times."""
     names = resolve_methods(methods)
     engine.resolve_layers(layer)  # a layer the model lacks fails every image: one error, before any work
     if colormap not in COLORMAPS:
@@ -105,7 +108,9 @@ def explain_files(
         tiles, titles = [image], ["input"]
         for name in names:
             try:
-                r = engine.explain_pass(p, name, layer, seed)
+                report_progress = None if progress is None else (
+                    lambda done, total, path=path, name=name: progress(path, name, done, total))
+                r = engine.explain_pass(p, name, layer, seed, report_progress)
             except CamrtError as e:
                 report.method_errors[name] = str(e)
                 continue
