@@ -192,8 +192,8 @@ class Engine:
         maps = []
         for la in layers:
             a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
-            if spec.family == "feature":
-                maps.append(self._feature_map(spec, p, la, progress))
+            if spec.family in ("feature", "input"):
+                maps.append(self._perturbation_map(spec, p, la, progress))
             elif samples is None:
                 maps.append(spec.fn(a, g))
             else:
@@ -215,7 +215,7 @@ class Engine:
         spec = METHODS.get(name)
         if spec is None:
             raise InputError(f"unknown method '{name}'; `camrt methods` lists them: {', '.join(METHODS)}")
-        if spec.family not in ("gradient", "sampled", "feature"):
+        if spec.family not in ("gradient", "sampled", "feature", "input"):
             raise InputError(f"method '{name}' ({spec.family}) is not served by this engine yet")
         return spec
 
@@ -244,11 +244,23 @@ class Engine:
             self._tails[layer] = (open_session(sub.SerializeToString(), self._device), fwd, boundary)
         return self._tails[layer]
 
-    def _feature_map(self, spec: Method, p: Pass, layer: str,
-                     progress: Callable[[int, int], None] | None) -> np.ndarray:
-        """Feature perturbation: stream each image's perturbed activations through the tail in
-        chunks of `chunk_size` rows; memory grows with the chunk, not with the number of copies."""
-        session, fwd, boundary = self._tail(layer)
+    def _forward_only(self):
+        """A session on the graph without its gradient branch, built once."""
+        if "" not in self._tails:
+            import onnx
+
+            from camrt.graph import forward_only
+
+            model = forward_only(onnx.load(str(self.path)))
+            self._tails[""] = (open_session(model.SerializeToString(), self._device), None, [])
+        return self._tails[""]
+
+    def _perturbation_map(self, spec: Method, p: Pass, layer: str,
+                          progress: Callable[[int, int], None] | None) -> np.ndarray:
+        """Stream each image's perturbed activations through the tail ("feature" methods), or its
+        masked inputs through the forward-only graph ("input" methods), in chunks of `chunk_size`
+        rows; memory grows with the chunk, not with the number of copies."""
+        session, fwd, boundary = self._tail(layer) if spec.family == "feature" else self._forward_only()
         acts = p.outputs[activation_name(layer)]
         logits, used = p.outputs[LOGITS], p.outputs["class_idx_used"]
         base_scores = logits if spec.score == "logit" else _softmax(logits)
@@ -258,8 +270,10 @@ class Engine:
         for n, a in enumerate(acts):
             crossing = dict(zip(boundary, fwd.run(boundary, {INPUT: p.x[n:n + 1]}), strict=True)) if fwd else {}
             scores = []
-            for batch in spec.inputs(a, self.chunk_size):
-                feed = {activation_name(layer): batch}
+            batches = (spec.inputs(a, self.chunk_size) if spec.family == "feature"
+                       else spec.inputs(p.x[n], a, self.chunk_size))
+            for batch in batches:
+                feed = {activation_name(layer) if spec.family == "feature" else INPUT: batch}
                 feed.update({k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()})
                 z = session.run(None, feed)[0]
                 if spec.score == "probability":

@@ -11,7 +11,9 @@ returns the saliency map ``(N, h, w)`` after its ReLU; the caller then applies
 * ``"feature"``: ``fn(activation, scores, base)``; copies of one image's activation from
   ``inputs(activation, chunk)`` (``count`` of them) go through the graph's tail in streamed chunks
   (see `camrt.methods.perturbation`).
-* ``"perturbation"``: reserved for methods that score perturbed inputs (Score-CAM etc.).
+* ``"input"``: ``fn(activation, scores, base)``; masked copies of one preprocessed image from
+  ``inputs(x, activation, chunk)`` go through the forward-only graph (no gradient branch) in
+  streamed chunks.
 
 This package imports numpy only (no torch, onnxruntime or cv2).
 """
@@ -46,6 +48,9 @@ from camrt.methods.perturbation import (
     reciprocam,
     reciprocam_count,
     reciprocam_inputs,
+    scorecam,
+    scorecam_count,
+    scorecam_inputs,
 )
 from camrt.methods.sampled import (
     integratedgradcam,
@@ -54,7 +59,7 @@ from camrt.methods.sampled import (
     smoothgradcampp_samples,
 )
 
-Family = Literal["gradient", "sampled", "feature", "perturbation"]
+Family = Literal["gradient", "sampled", "feature", "input"]
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,9 @@ class Method:
         sample_inputs: keyword arguments of `samples` that the caller must supply (no default), e.g.
             ``"baseline"``: the preprocessed black image.
         uses_gradient: False when `fn` ignores the gradient, so a forward-only run is enough.
-        inputs, count: for feature-perturbation methods, the generator of perturbed activations
-            (``inputs(activation, chunk)``) and how many it yields for an activation.
+        inputs, count: for perturbation methods, the generator of perturbed activations
+            (``inputs(activation, chunk)``) or inputs (``inputs(x, activation, chunk)``) and how
+            many it yields for an activation.
         score: which class score the perturbed copies are judged by: "logit" or "probability".
     """
 
@@ -139,12 +145,17 @@ METHODS: dict[str, Method] = {
         "reciprocam", reciprocam, "Class probability of each position's features alone (tail re-runs)",
         "https://arxiv.org/abs/2209.14074", "feature", uses_gradient=False, inputs=reciprocam_inputs,
         count=reciprocam_count, score="probability"),
+    "scorecam": Method(
+        "scorecam", scorecam, "Softmax over channels of the class score of the input masked by each channel",
+        "https://arxiv.org/abs/1910.01279", "input", uses_gradient=False, inputs=scorecam_inputs,
+        count=scorecam_count, score="logit"),
 }
 
 __all__ = [
     "METHODS",
     "ablationcam",
     "reciprocam",
+    "scorecam",
     "Method",
     "abscam",
     "abscam_channel_maps",

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from camrt.errors import InputError
-from camrt.methods._core import combine, relu
+from camrt.methods._core import combine, normalize, relu, upsample
 
 
 def _check(activation: np.ndarray, chunk: int) -> None:
@@ -101,3 +101,48 @@ def reciprocam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.nd
     """
     _, _, h, w = activation.shape
     return np.asarray(scores, dtype=activation.dtype).reshape(1, h, w)
+
+
+# Input perturbation: the input is masked and the forward-only graph (no gradient branch) re-run.
+# ``<method>_inputs(x, activation, chunk)`` takes one preprocessed image ``(C_in, H, W)`` too.
+
+
+def scorecam_count(activation: np.ndarray) -> int:
+    return int(activation.shape[0])
+
+
+def scorecam_inputs(x: np.ndarray, activation: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """The input masked by each channel's map, ``x ⊙ norm(up(A_k))``, `chunk` channels at a time:
+    the masks exist only per chunk (never the C × H × W stack, 1.2 GB for resnet50's layer4)."""
+    _check(activation, chunk)
+    if x.ndim != 3:
+        raise InputError(f"an input-perturbation method takes one image C×H×W, got {x.shape}")
+    size = x.shape[1:]
+    for start in range(0, activation.shape[0], chunk):
+        masks = upsample(activation[start:start + chunk], size)
+        masks = normalize(masks, out=masks)
+        yield x[None] * masks[:, None]
+
+
+def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+    """Score-CAM: channels weighted by the class score of the input masked with their own map.
+
+    ``L = ReLU(Σ_k w_k A_k)``, ``w = softmax_k(y_c(x ⊙ M_k) − y_c(x_b))``, ``M_k = norm(up(A_k))``;
+    ``y_c`` is the class logit, and the baseline term cancels in the softmax. This is TorchCAM's
+    definition (and pytorch-grad-cam's, which upsamples with align_corners=True); the authors'
+    code weights by the softmax probability of the class instead.
+
+    Paper: https://arxiv.org/abs/1910.01279
+
+    Args:
+        activation: the activation, ``(1, C, h, w)``.
+        scores: ``y_c(x ⊙ M_k)`` for k = 0..C-1.
+        base: ``y_c(x)`` (cancels in the softmax; accepted for the common signature).
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.exp(s - s.max())
+    w /= w.sum()
+    return relu(combine(w[None].astype(activation.dtype), activation))

@@ -1,5 +1,6 @@
-"""Feature-perturbation methods (Ablation-CAM, Recipro-CAM) through the graph's tail, against a
-brute-force eager oracle that re-runs the whole model with the target's output replaced."""
+"""Perturbation methods against brute-force eager oracles: Ablation-CAM and Recipro-CAM through
+the graph's tail (the oracle re-runs the whole model with the target's output replaced), and
+Score-CAM through the forward-only graph (the oracle masks the input in torch)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,24 @@ def test_matches_brute_force_eager(model_and_path, method: str) -> None:
         np.testing.assert_allclose(r.low_res[n], expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["ablationcam", "reciprocam"])
+def test_scorecam_matches_brute_force_eager(model_and_path) -> None:
+    model, path = model_and_path
+    x = np.random.default_rng(4).normal(size=(2, *SIZE)).astype(np.float32)
+    r = Engine(path, device="cpu", chunk_size=4).explain(x, "scorecam", class_idx=[0, 3])
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        acts = model.block(torch.relu(model.stem(xt)))
+        up = torch.nn.functional.interpolate(acts, size=SIZE[1:], mode="bilinear", align_corners=False)
+        lo = up.flatten(2).min(-1).values[..., None, None]
+        hi = up.flatten(2).max(-1).values[..., None, None]
+        masks = (up - lo) / (hi - lo)
+        for n, cls in enumerate([0, 3]):
+            scores = torch.stack([model(xt[n:n + 1] * masks[n, k])[0, cls] for k in range(masks.shape[1])])
+            expected = torch.relu(torch.einsum("c,chw->hw", scores.softmax(0), acts[n])).numpy()
+            np.testing.assert_allclose(r.low_res[n], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "reciprocam", "scorecam"])
 def test_chunk_size_does_not_change_results_and_progress_is_reported(model_and_path, method: str) -> None:
     _, path = model_and_path
     x = np.random.default_rng(1).normal(size=(3, *SIZE)).astype(np.float32)
@@ -97,7 +115,7 @@ def test_chunk_size_does_not_change_results_and_progress_is_reported(model_and_p
         results.append(Engine(path, device="cpu", chunk_size=chunk).explain(
             x, method, progress=lambda d, t, calls=calls: calls.append((d, t))))
         total = calls[-1][1]
-        assert calls[-1][0] == total and total == 3 * (6 if method == "ablationcam" else 16 * 16)
+        assert calls[-1][0] == total and total == 3 * (16 * 16 if method == "reciprocam" else 6)
         assert all(b[0] > a[0] for a, b in zip(calls, calls[1:], strict=False))
         assert len(calls) == sum(-(-(total // 3) // chunk) for _ in range(3))
     for other in results[1:]:
@@ -129,3 +147,24 @@ def test_ablationcam_matches_pytorch_grad_cam(tmp_path) -> None:
     with AblationCAM(model=model, target_layers=[model.layer4]) as ref:
         theirs = ref(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(7)])[0]
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.999
+
+
+@pytest.mark.slow
+def test_scorecam_matches_torchcam(tmp_path) -> None:
+    """TorchCAM normalises each channel's map before upsampling it, camrt after (as the paper's
+    M_k = norm(up(A_k))); the masks differ slightly at the borders, so the maps agree closely but
+    not to rounding."""
+    import torchvision
+    from torchcam.methods import ScoreCAM
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    path = tmp_path / "r18.cam.onnx"
+    camrt.export(model, layers=["layer4"], path=path)
+    x = np.random.default_rng(2).normal(size=(1, 3, 224, 224)).astype(np.float32)
+    ours = Engine(path, device="cpu", chunk_size=64).explain(x, "scorecam", class_idx=7).low_res[0]
+    with ScoreCAM(model, "layer4", batch_size=64) as extractor:
+        with torch.no_grad():
+            model(torch.from_numpy(x))
+        theirs = extractor(class_idx=7, normalized=False)[0][0].numpy()
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.99
