@@ -94,7 +94,8 @@ class Engine:
             logger.warning("CUDA was asked for but is not available to onnxruntime; running on %s", self.provider)
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._device = device
-        self._tails: dict[str, tuple[object, object | None, list[str]]] = {}
+        self._tails: dict[str, tuple[object, object | None, list[str]]] = {}  # per layer, built on first use
+        self._forward: object | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -245,15 +246,15 @@ class Engine:
         return self._tails[layer]
 
     def _forward_only(self):
-        """A session on the graph without its gradient branch, built once."""
-        if "" not in self._tails:
+        """(a session on the graph without its gradient branch, None, no crossing tensors), built once."""
+        if self._forward is None:
             import onnx
 
             from camrt.graph import forward_only
 
             model = forward_only(onnx.load(str(self.path)))
-            self._tails[""] = (open_session(model.SerializeToString(), self._device), None, [])
-        return self._tails[""]
+            self._forward = open_session(model.SerializeToString(), self._device)
+        return self._forward, None, []
 
     def _perturbation_map(self, spec: Method, p: Pass, layer: str,
                           progress: Callable[[int, int], None] | None) -> np.ndarray:
