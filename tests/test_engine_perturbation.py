@@ -168,3 +168,18 @@ def test_scorecam_matches_torchcam(tmp_path) -> None:
             model(torch.from_numpy(x))
         theirs = extractor(class_idx=7, normalized=False)[0][0].numpy()
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.99
+
+
+def test_methods_without_gradient_skip_the_gradient_branch(model_and_path) -> None:
+    """The same maps from a forward-only run; and a gradient method refuses such a run."""
+    _, path = model_and_path
+    engine = Engine(path, device="cpu")
+    x = np.random.default_rng(5).normal(size=(2, *SIZE)).astype(np.float32)
+    full, light = engine.forward(x, [1, -1]), engine.forward(x, [1, -1], gradient=False)
+    assert "gradient.block" not in light.outputs
+    np.testing.assert_array_equal(light.outputs["class_idx_used"], full.outputs["class_idx_used"])
+    for method in ("eigencam", "reciprocam", "scorecam", "ablationcam"):
+        np.testing.assert_allclose(engine.explain_pass(light, method).saliency,
+                                   engine.explain_pass(full, method).saliency, rtol=1e-5, atol=1e-6)
+    with pytest.raises(camrt.errors.InputError, match="gradient=False"):
+        engine.explain_pass(light, "gradcam")

@@ -28,13 +28,15 @@ import camrt  # noqa: E402
 from camrt.engine import Engine  # noqa: E402
 from tools.bench_gradcam import machine  # noqa: E402
 
+# VmHWM, not ru_maxrss: on Linux ru_maxrss carries over the forking parent's peak (torch and
+# models loaded here) through exec, while VmHWM belongs to the new process's own memory.
 PEAK_SCRIPT = """
-import sys, resource, numpy as np
+import sys, numpy as np
 from camrt.engine import Engine
 e = Engine(sys.argv[1], device="cpu")
 x = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
 e.explain(x, "scorecam")
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0])
 """
 
 
@@ -81,7 +83,7 @@ def main() -> None:
                 theirs_ablation = seconds(lambda ref=ref, t=targets: ref(input_tensor=xt, targets=t))
             out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, path], capture_output=True, text=True,
                                  check=True)
-            peak_gb = int(out.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
+            peak_gb = int(out.stdout.split()[-1]) / 2**20  # VmHWM is in KiB
             print(f"{name}: Score-CAM camrt {ours['scorecam']:.1f} s, grad-cam {theirs_score[best_bs]:.1f} s "
                   f"(batch {best_bs}) -> {theirs_score[best_bs] / ours['scorecam']:.2f}x (target >= 2)")
             print(f"{name}: Ablation-CAM camrt {ours['ablationcam']:.2f} s, grad-cam {theirs_ablation:.1f} s "

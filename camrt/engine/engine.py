@@ -96,6 +96,7 @@ class Engine:
         self._device = device
         self._tails: dict[str, tuple[object, object | None, list[str]]] = {}  # per layer, built on first use
         self._forward: object | None = None
+        self._activations: object | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -139,13 +140,22 @@ class Engine:
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._outputs)}
 
     def forward(self, images: np.ndarray | Sequence[np.ndarray],
-                class_idx: int | Sequence[int] | np.ndarray | None = None) -> Pass:
+                class_idx: int | Sequence[int] | np.ndarray | None = None, gradient: bool = True) -> Pass:
         """One run of the full graph: logits, classes, activations and gradients of every layer.
-        Any number of gradient methods can then be computed from it with `explain_pass`."""
+        Any number of methods can then be computed from it with `explain_pass`. With
+        `gradient=False` the run skips the gradient branch (a forward-only graph), which is all
+        that methods without gradients need."""
         x = self.prepare(images)
         cls = self._class_idx(class_idx, len(x))
         t0 = time.perf_counter()
-        out = self.run(x, cls)
+        if gradient:
+            out = self.run(x, cls)
+        else:
+            session = self._activations_session()
+            names = [LOGITS, *(la.activation for la in self.manifest.layers)]
+            parts = [session.run(names, {INPUT: x[s:s + self.chunk_size]}) for s in range(0, len(x), self.chunk_size)]
+            out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+            out["class_idx_used"] = np.where(cls == -1, out[LOGITS].argmax(axis=1), cls)
         return Pass(x, out, time.perf_counter() - t0)
 
     def explain(
@@ -171,9 +181,10 @@ class Engine:
                 called as progress(done, total) after each chunk; raising from it stops the run.
             options: method options (for sampled methods, e.g. n, sigma, steps).
         """
-        self._method(method)  # fail before running the model
+        spec = self._method(method)  # fail before running the model
         self.resolve_layers(layer)
-        return self.explain_pass(self.forward(images, class_idx), method, layer, seed, progress, **options)
+        return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
+                                 progress, **options)
 
     def explain_pass(self, p: Pass, method: str = "gradcam", layer: str | Sequence[str] | None = None,
                      seed: int = 0, progress: Callable[[int, int], None] | None = None,
@@ -182,6 +193,8 @@ class Engine:
         spec = self._method(method)
         layers = self.resolve_layers(layer)
         out, used = p.outputs, p.outputs["class_idx_used"]
+        if spec.uses_gradient and self.manifest.layers[0].gradient not in out:
+            raise InputError(f"method '{spec.name}' needs the gradient, and this pass was run with gradient=False")
         timings = {"inference": p.seconds}
         samples = None
         if spec.family == "sampled":
@@ -192,7 +205,7 @@ class Engine:
         t1 = time.perf_counter()
         maps = []
         for la in layers:
-            a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
+            a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
             if spec.family in ("feature", "input"):
                 maps.append(self._perturbation_map(spec, p, la, progress))
             elif samples is None:
@@ -244,6 +257,17 @@ class Engine:
             fwd = open_session(forward_only(model, boundary).SerializeToString(), self._device) if boundary else None
             self._tails[layer] = (open_session(sub.SerializeToString(), self._device), fwd, boundary)
         return self._tails[layer]
+
+    def _activations_session(self):
+        """A session on the forward-only graph that also returns every target activation."""
+        if self._activations is None:
+            import onnx
+
+            from camrt.graph import forward_only
+
+            model = forward_only(onnx.load(str(self.path)), [la.activation for la in self.manifest.layers])
+            self._activations = open_session(model.SerializeToString(), self._device)
+        return self._activations
 
     def _forward_only(self):
         """(a session on the graph without its gradient branch, None, no crossing tensors), built once."""
