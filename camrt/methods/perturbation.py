@@ -107,21 +107,34 @@ def reciprocam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.nd
 # ``<method>_inputs(x, activation, chunk)`` takes one preprocessed image ``(C_in, H, W)`` too.
 
 
+def _constant_channels(activation: np.ndarray) -> np.ndarray:
+    flat = activation.reshape(activation.shape[0], -1)
+    return flat.max(axis=1) == flat.min(axis=1)
+
+
 def scorecam_count(activation: np.ndarray) -> int:
-    return int(activation.shape[0])
+    constant = _constant_channels(activation)
+    return int((~constant).sum() + constant.any())
 
 
 def scorecam_inputs(x: np.ndarray, activation: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-    """The input masked by each channel's map, ``x ⊙ norm(up(A_k))``, `chunk` channels at a time:
-    the masks exist only per chunk (never the C × H × W stack, 1.2 GB for resnet50's layer4)."""
+    """The input masked by each channel's map, ``x ⊙ norm(up(A_k))``, `chunk` at a time: the masks
+    exist only per chunk (never the C × H × W stack, 1.2 GB for resnet50's layer4).
+
+    A constant channel (all zero after a ReLU, typically: half of EfficientNet-Lite0's head on a
+    real photo) has the all-zero mask, so all of them share one score: the non-constant channels
+    come first, in order, then one zero-masked input if any channel is constant."""
     _check(activation, chunk)
     if x.ndim != 3:
         raise InputError(f"an input-perturbation method takes one image C×H×W, got {x.shape}")
     size = x.shape[1:]
-    for start in range(0, activation.shape[0], chunk):
-        masks = upsample(activation[start:start + chunk], size)
+    sources = np.flatnonzero(~_constant_channels(activation))
+    for start in range(0, len(sources), chunk):
+        masks = upsample(activation[sources[start:start + chunk]], size)
         masks = normalize(masks, out=masks)
         yield x[None] * masks[:, None]
+    if len(sources) < activation.shape[0]:
+        yield np.zeros((1, *x.shape), dtype=x.dtype)
 
 
 def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
@@ -136,13 +149,19 @@ def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndar
 
     Args:
         activation: the activation, ``(1, C, h, w)``.
-        scores: ``y_c(x ⊙ M_k)`` for k = 0..C-1.
+        scores: ``y_c(x ⊙ M_k)`` in the order of `scorecam_inputs` (non-constant channels, then the
+            zero mask's score if any channel is constant).
         base: ``y_c(x)`` (cancels in the softmax; accepted for the common signature).
 
     Returns:
         Saliency map ``(1, h, w)`` after ReLU.
     """
-    s = np.asarray(scores, dtype=np.float64)
+    constant = _constant_channels(activation[0])
+    given = np.asarray(scores, dtype=np.float64)
+    s = np.empty(len(constant))
+    s[~constant] = given[:(~constant).sum()]
+    if constant.any():
+        s[constant] = given[-1]  # the shared score of the all-zero mask
     w = np.exp(s - s.max())
     w /= w.sum()
     return relu(combine(w[None].astype(activation.dtype), activation))
