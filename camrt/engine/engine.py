@@ -254,8 +254,9 @@ class Engine:
 
             model = onnx.load(str(self.path))
             sub, boundary = tail(model, layer)
-            fwd = open_session(forward_only(model, boundary).SerializeToString(), self._device) if boundary else None
-            self._tails[layer] = (open_session(sub.SerializeToString(), self._device), fwd, boundary)
+            fwd = (open_session(forward_only(model, boundary).SerializeToString(), self._device, spinning=False)
+                   if boundary else None)
+            self._tails[layer] = (open_session(sub.SerializeToString(), self._device, spinning=False), fwd, boundary)
         return self._tails[layer]
 
     def _activations_session(self):
@@ -266,7 +267,7 @@ class Engine:
             from camrt.graph import forward_only
 
             model = forward_only(onnx.load(str(self.path)), [la.activation for la in self.manifest.layers])
-            self._activations = open_session(model.SerializeToString(), self._device)
+            self._activations = open_session(model.SerializeToString(), self._device, spinning=False)
         return self._activations
 
     def _forward_only(self):
@@ -277,7 +278,7 @@ class Engine:
             from camrt.graph import forward_only
 
             model = forward_only(onnx.load(str(self.path)))
-            self._forward = open_session(model.SerializeToString(), self._device)
+            self._forward = open_session(model.SerializeToString(), self._device, spinning=False)
         return self._forward, None, []
 
     def _perturbation_map(self, spec: Method, p: Pass, layer: str,

@@ -43,9 +43,15 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def open_session(model: str | os.PathLike | bytes, device: str = "cpu") -> ort.InferenceSession:
-    """An inference session on `model` (a path or serialized bytes), errors only in ORT's log."""
+def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning: bool = True) -> ort.InferenceSession:
+    """An inference session on `model` (a path or serialized bytes), errors only in ORT's log.
+
+    `spinning=False` stops the session's worker threads from spinning after a run: sessions that
+    take turns (the perturbation methods' sub-graphs) would otherwise fight over the cores
+    (measured on 2 cores: Recipro-CAM on resnet18 38.5 ms with spinning, 21.3 ms without)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # the default-class_idx initializer warning is expected
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, opts, providers=providers_for(device))
