@@ -131,18 +131,25 @@ def test_progress_callback_can_stop_a_run(model_and_path) -> None:
             np.zeros((1, *SIZE), np.float32), "reciprocam", progress=stop)
 
 
-@pytest.mark.slow
-def test_ablationcam_matches_pytorch_grad_cam(tmp_path) -> None:
-    """pytorch-grad-cam's AblationCAM re-runs the whole model; camrt only the tail: same map."""
+@pytest.fixture(scope="module")
+def resnet18_layer4(tmp_path_factory):
+    """A random-weight resnet18 exported at layer4, and one fixed input: (model, path, x)."""
     import torchvision
-    from pytorch_grad_cam import AblationCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
-    path = tmp_path / "r18.cam.onnx"
+    path = tmp_path_factory.mktemp("r18") / "r18.cam.onnx"
     camrt.export(model, layers=["layer4"], path=path)
-    x = np.random.default_rng(2).normal(size=(1, 3, 224, 224)).astype(np.float32)
+    return model, path, np.random.default_rng(2).normal(size=(1, 3, 224, 224)).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_ablationcam_matches_pytorch_grad_cam(resnet18_layer4) -> None:
+    """pytorch-grad-cam's AblationCAM re-runs the whole model; camrt only the tail: same map."""
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, path, x = resnet18_layer4
     ours = Engine(path, device="cpu", chunk_size=64).explain(x, "ablationcam", class_idx=7).saliency[0]
     with AblationCAM(model=model, target_layers=[model.layer4]) as ref:
         theirs = ref(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(7)])[0]
@@ -150,18 +157,13 @@ def test_ablationcam_matches_pytorch_grad_cam(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_scorecam_matches_torchcam(tmp_path) -> None:
+def test_scorecam_matches_torchcam(resnet18_layer4) -> None:
     """TorchCAM normalises each channel's map before upsampling it, camrt after (as the paper's
     M_k = norm(up(A_k))); the masks differ slightly at the borders, so the maps agree closely but
     not to rounding."""
-    import torchvision
     from torchcam.methods import ScoreCAM
 
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
-    path = tmp_path / "r18.cam.onnx"
-    camrt.export(model, layers=["layer4"], path=path)
-    x = np.random.default_rng(2).normal(size=(1, 3, 224, 224)).astype(np.float32)
+    model, path, x = resnet18_layer4
     ours = Engine(path, device="cpu", chunk_size=64).explain(x, "scorecam", class_idx=7).low_res[0]
     with ScoreCAM(model, "layer4", batch_size=64) as extractor:
         with torch.no_grad():
