@@ -97,6 +97,7 @@ class Engine:
         self._tails: dict[str, tuple[object, object | None, list[str]]] = {}  # per layer, built on first use
         self._forward: object | None = None
         self._activations: object | None = None
+        self._model_proto: object | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -248,36 +249,38 @@ class Engine:
         """(tail session, forward-only session for the tensors crossing the cut or None, their names),
         built once per layer from the model file with camrt.graph's passes."""
         if layer not in self._tails:
-            import onnx
-
             from camrt.graph import forward_only, tail
 
-            model = onnx.load(str(self.path))
+            model = self._proto()
             sub, boundary = tail(model, layer)
             fwd = (open_session(forward_only(model, boundary).SerializeToString(), self._device, spinning=False)
                    if boundary else None)
             self._tails[layer] = (open_session(sub.SerializeToString(), self._device, spinning=False), fwd, boundary)
         return self._tails[layer]
 
+    def _proto(self):
+        """The model file as a ModelProto, read once for all the sub-graphs cut from it."""
+        if self._model_proto is None:
+            import onnx
+
+            self._model_proto = onnx.load(str(self.path))
+        return self._model_proto
+
     def _activations_session(self):
         """A session on the forward-only graph that also returns every target activation."""
         if self._activations is None:
-            import onnx
-
             from camrt.graph import forward_only
 
-            model = forward_only(onnx.load(str(self.path)), [la.activation for la in self.manifest.layers])
+            model = forward_only(self._proto(), [la.activation for la in self.manifest.layers])
             self._activations = open_session(model.SerializeToString(), self._device, spinning=False)
         return self._activations
 
     def _forward_only(self):
         """(a session on the graph without its gradient branch, None, no crossing tensors), built once."""
         if self._forward is None:
-            import onnx
-
             from camrt.graph import forward_only
 
-            model = forward_only(onnx.load(str(self.path)))
+            model = forward_only(self._proto())
             self._forward = open_session(model.SerializeToString(), self._device, spinning=False)
         return self._forward, None, []
 
