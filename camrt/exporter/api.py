@@ -20,7 +20,7 @@ from camrt import __version__
 from camrt.errors import ExportError, InputError, UnsupportedOpError, VerificationError
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
-from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace
+from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
 from camrt.graph import export_passes, run_passes
 from camrt.manifest import (
     CLASS_IDX,
@@ -63,7 +63,7 @@ def _example(shape: Sequence[int], seed: int) -> torch.Tensor:
 
 def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[str], opset: int) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    example = example.expand(max(2, example.shape[0]), *example.shape[1:])  # as traced
+    example = traceable_example(example)
     cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
     names = [LOGITS, CLASS_IDX_USED, *map(activation_name, layers), *map(gradient_name, layers)]
     # The exporter reports progress on stdout and raises many warnings; a library stays quiet.

@@ -165,13 +165,18 @@ def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | No
     return f
 
 
+def traceable_example(example: torch.Tensor) -> torch.Tensor:
+    """The example with a batch of at least 2: symbolic tracing specialises a size-1 batch to a
+    constant, and the ONNX export must see the batch the trace saw."""
+    return torch.cat([example, example.flip(0)]) if example.shape[0] == 1 else example
+
+
 def trace(
     model: nn.Module, example: torch.Tensor, layers: Sequence[str], output_index: int | None
 ) -> torch.fx.GraphModule:
     """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions."""
     f = cam_function(model, layers, output_index)
-    if example.shape[0] == 1:  # symbolic tracing specialises a size-1 batch to a constant
-        example = torch.cat([example, example.flip(0)])
+    example = traceable_example(example)
     cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
     try:
         with frozen_eval(model), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
