@@ -17,6 +17,7 @@ from camrt.graph import (
     export_passes,
     forward_only,
     guard_class_idx,
+    keep_outputs,
     run_passes,
     tail,
 )
@@ -186,6 +187,33 @@ def test_tail_on_hand_written_graph() -> None:
     np.testing.assert_allclose(got, ((act + feed["s"]) * 0.5 * [1, 2, 3]).sum(1, keepdims=True), rtol=1e-6)
     with pytest.raises(ValueError, match="no activation output for layer 'M'"):
         tail(model, "M")
+
+
+def test_keep_outputs_on_hand_written_graph() -> None:
+    model = default_class_idx(onnx.parser.parse_model(SKIP))
+    before = model.SerializeToString()
+    grad = keep_outputs(model, ["gradient.L"])
+    assert [i.name for i in grad.graph.input] == ["class_idx"]  # the forward branch is gone
+    assert {n.op_type for n in grad.graph.node} == {"Cast", "Constant", "Unsqueeze", "Mul"}
+    assert {t.name for t in grad.graph.initializer} == {"w", "class_idx"}  # the default [-1] stays
+    sess = session(grad)
+    assert [i.name for i in sess.get_overridable_initializers()] == ["class_idx"]
+    np.testing.assert_array_equal(outputs(sess)["gradient.L"], [[-1.0, -2.0, -3.0]])
+    np.testing.assert_array_equal(outputs(sess, class_idx=np.array([2, 1]))["gradient.L"], [[2, 4, 6], [1, 2, 3]])
+
+    both = keep_outputs(model, ["gradient.L", "logits"])  # in the order asked for
+    assert [o.name for o in both.graph.output] == ["gradient.L", "logits"]
+    assert [i.name for i in both.graph.input] == ["input", "class_idx"]
+    full = outputs(session(model), input=XS, class_idx=np.array([0, 1]))
+    got = outputs(session(both), input=XS, class_idx=np.array([0, 1]))
+    assert all(np.array_equal(got[k], full[k]) for k in got)
+    assert model.SerializeToString() == before  # the argument is untouched
+
+
+@pytest.mark.parametrize("names", [["nope"], [], ["logits", "logits"], ["a"]], ids=str)
+def test_keep_outputs_needs_distinct_output_names(names) -> None:
+    with pytest.raises(ValueError, match="distinct output names of the model.*logits, activation.L, gradient.L"):
+        keep_outputs(onnx.parser.parse_model(SKIP), names)
 
 
 # --- forward_only / tail on a real export ---------------------------------------------------------

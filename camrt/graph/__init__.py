@@ -1,7 +1,7 @@
 """Graph passes: small, pure `ModelProto -> ModelProto` steps, run from visible lists.
 
 Every pass returns a new model and leaves its argument untouched. The exporter runs
-`export_passes(...)`; the engine runs `forward_only` and `tail` to get cheap sub-graphs
+`export_passes(...)`; the engine runs `forward_only`, `keep_outputs` and `tail` to get cheap sub-graphs
 (ONNX Runtime computes every node of a graph whatever outputs are requested).
 """
 
@@ -14,7 +14,7 @@ import onnx
 from camrt.graph.class_idx import default_class_idx, guard_class_idx
 from camrt.graph.class_select import gather_selected_rows
 from camrt.graph.metadata import attach_manifest
-from camrt.graph.subgraph import forward_only, tail
+from camrt.graph.subgraph import forward_only, keep_outputs, tail
 
 Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
 
@@ -36,5 +36,5 @@ def export_passes(num_classes: int, manifest_json: str) -> list[Pass]:
     ]
 
 
-__all__ = ["Pass", "run_passes", "export_passes", "forward_only", "tail",
+__all__ = ["Pass", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
            "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows"]

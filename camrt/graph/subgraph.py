@@ -3,6 +3,8 @@
 ONNX Runtime runs every node of a graph whatever outputs are requested, so perturbation
 methods must not run the full graph (which holds the gradient branch):
 - `forward_only`: the nodes needed for `logits` (and any extra tensors asked for), nothing else;
+- `keep_outputs`: the nodes needed for some of the model's outputs (`logits` and
+  `gradient.input` for an optimisation over the input), with the inputs they read;
 - `tail`: the nodes from a target activation to `logits`. Tensors computed before the cut that
   are read after it (a skip connection around the target, for example) become inputs of the tail,
   to be fed from a forward-only run of the original image.
@@ -71,6 +73,27 @@ def forward_only(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()) -> o
     init_names = {t.name for t in g.initializer}
     inputs = [v for v in g.input if v.name in used and not (v.name == CLASS_IDX and v.name in init_names)]
     return _build(model, ids, inputs, [infos[t] for t in wanted], f"{g.name}_forward")
+
+
+def keep_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """The model with only the outputs `names` (in that order) and the nodes they need.
+
+    Inputs the kept nodes read stay inputs, defaults included: `class_idx` keeps its initializer
+    [-1], so it may still be fed or omitted.
+    """
+    g = model.graph
+    outputs = {o.name: o for o in g.output}
+    missing = [t for t in names if t not in outputs]
+    if missing or not names or len(set(names)) != len(names):
+        raise ValueError(f"keep_outputs needs distinct output names of the model ({', '.join(outputs)}); "
+                         f"got {list(names)}")
+    ids = _ancestors(g, names)
+    used = {t for i in ids for t in g.node[i].input} | set(names)
+    inputs = [v for v in g.input if v.name in used]
+    out = _build(model, ids, inputs, [outputs[t] for t in names], g.name)
+    defaults = {v.name for v in inputs}
+    out.graph.initializer.extend(t for t in g.initializer if t.name in defaults)
+    return out
 
 
 def tail(model: onnx.ModelProto, layer: str) -> tuple[onnx.ModelProto, list[str]]:
