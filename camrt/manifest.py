@@ -1,8 +1,11 @@
 """The JSON manifest that travels inside every camrt model (`metadata_props["camrt"]`).
 
 It is public API: the engine reads the preprocessing, layer names and labels from it, and so can
-any other runtime. Output names are fixed: `logits`, `class_idx_used`, and per target layer L,
-`activation.L` and `gradient.L`.
+any other runtime. Output names are fixed: `logits`, `class_idx_used`, per target layer L
+`activation.L` and `gradient.L`, and, in a model exported with `input_gradient=True` (the
+manifest's `input_gradient` says so), `gradient.input` = ∂ logits[n, class_idx_used[n]] / ∂ input[n].
+
+Format 1 grows only by fields with defaults: a manifest written before a field existed still loads.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ INPUT = "input"
 CLASS_IDX = "class_idx"
 LOGITS = "logits"
 CLASS_IDX_USED = "class_idx_used"
+INPUT_GRADIENT = "gradient.input"  # N×C×H×W, like the input; only when Manifest.input_gradient
 
 
 def activation_name(layer: str) -> str:
@@ -65,6 +69,7 @@ class Manifest:
     source: str = ""
     opset: int = 0
     format_version: int = FORMAT_VERSION
+    input_gradient: bool = False  # the graph has the output INPUT_GRADIENT (absent from older manifests)
 
     def layer(self, name: str | None) -> Layer:
         """The target layer called `name`, or the only/last one when `name` is None."""

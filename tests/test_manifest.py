@@ -52,6 +52,22 @@ def test_format_version_mismatch(version) -> None:
         Manifest.from_json(json.dumps(d))
 
 
+def test_input_gradient_round_trip() -> None:
+    with_it = Manifest(**{**full().__dict__, "input_gradient": True})
+    text = with_it.to_json()
+    assert json.loads(text)["input_gradient"] is True
+    assert Manifest.from_json(text) == with_it and Manifest.from_json(text).input_gradient
+    assert json.loads(full().to_json())["input_gradient"] is False  # the default, written out
+
+
+def test_manifest_written_before_input_gradient_still_loads() -> None:
+    """Format 1 as first released: no `input_gradient` key means a model without that output."""
+    d = json.loads(full().to_json())
+    del d["input_gradient"]
+    old = Manifest.from_json(json.dumps(d))
+    assert old == full() and old.input_gradient is False
+
+
 def test_layer_lookup() -> None:
     m = full()
     assert m.layer(None).name == "layer2.0"  # the last one by default
