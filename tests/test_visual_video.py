@@ -1,0 +1,381 @@
+"""camrt.visual.video: `explain_frames` against `Engine.explain` on the same frames, the EMA by hand,
+and `explain_video` on videos written here with OpenCV (frame counts, rates, sizes, and each
+robustness case: not a video, a camera or stream that does not exist, a source that never starts
+or stalls, an unavailable codec, frames of changing size, Ctrl-C, bounded queues)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import camrt
+from camrt.engine import Engine
+from camrt.errors import InputError
+from camrt.methods import METHODS
+from camrt.visual import video
+from camrt.visual.video import (
+    VideoInterrupted,
+    explain_frames,
+    explain_video,
+    open_writer,
+    prepare_frames,
+    render,
+)
+from tests.tiny import TinyNet, make
+
+LABELS = ["cat", "dog", "bird", "fish", "frog"]
+W, H, FPS, COUNT = 64, 48, 10.0, 12
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "tiny.cam.onnx"
+    camrt.export(make(TinyNet, seed=11), layers=["layer1", "layer2"], path=path, input_shape=(1, 3, 32, 32),
+                 labels=LABELS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(model_path) -> Engine:
+    return Engine(model_path, device="cpu")
+
+
+def moving_square(count: int = COUNT, w: int = W, h: int = H, seed: int = 0) -> list[np.ndarray]:
+    """BGR frames: noise, a coloured background per channel, and a bright square moving right."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for t in range(count):
+        f = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        f[..., 0] += np.uint8(40)
+        x = 4 + 3 * t
+        f[h // 3:h // 3 + 14, x:x + 14] = (250, 240, 200)
+        frames.append(f)
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = FPS, codec: str = "MJPG") -> Path:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def read_video(path: str | Path) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames, fps
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    return write_video(tmp_path / "clip.avi", moving_square())
+
+
+def oracle(engine: Engine, frames: list[np.ndarray], method: str = "gradcam", bgr: bool = True):
+    """`Engine.explain` on each frame alone (batch of one), preprocessed as the video path does."""
+    p = engine.manifest.preprocessing
+    return [engine.explain(prepare_frames([f], engine.input_size, p.mean, p.std, bgr), method) for f in frames]
+
+
+# --- explain_frames -----------------------------------------------------------------------------------------
+
+
+def test_prepare_frames_is_resize_then_normalise_in_rgb(engine) -> None:
+    frame = moving_square(1)[0]
+    p = engine.manifest.preprocessing
+    x = prepare_frames([frame], (32, 32), p.mean, p.std)
+    small = cv2.resize(frame, (32, 32), interpolation=cv2.INTER_AREA)[:, :, ::-1].astype(np.float32) / 255
+    expected = ((small - np.float32(p.mean)) / np.float32(p.std)).transpose(2, 0, 1)
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], expected, atol=1e-6)
+    np.testing.assert_array_equal(prepare_frames([frame[:, :, ::-1]], (32, 32), p.mean, p.std, bgr=False), x)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_frames_without_smoothing_are_engine_explain_per_frame(engine, method) -> None:
+    frames = moving_square()
+    got = list(explain_frames(engine, iter(frames), method=method, batch=5))
+    assert [r.index for r in got] == list(range(COUNT))
+    for r, f, ref in zip(got, frames, oracle(engine, frames, method), strict=True):
+        assert r.frame is f
+        assert r.saliency.shape == engine.input_size and r.saliency.dtype == np.float32
+        np.testing.assert_allclose(r.saliency, ref.saliency[0], atol=1e-5)
+        assert r.class_idx == int(ref.class_idx[0]) and r.label == LABELS[r.class_idx]
+        assert r.score == pytest.approx(float(ref.scores[0]), rel=1e-5)
+        assert set(r.seconds) == {"preprocess", "inference", "method"}
+    assert len({r.class_idx for r in got}) >= 1 and np.ptp([r.saliency.mean() for r in got]) > 0
+
+
+def test_batch_size_does_not_change_the_maps(engine) -> None:
+    frames = moving_square()
+    ones = list(explain_frames(engine, frames, batch=1))
+    for batch in (4, 7, 32):
+        for a, b in zip(ones, explain_frames(engine, frames, batch=batch), strict=True):
+            np.testing.assert_allclose(b.saliency, a.saliency, atol=1e-5)
+            assert (a.class_idx, a.index) == (b.class_idx, b.index)
+
+
+def test_rgb_frames_with_bgr_false_give_the_same_maps(engine) -> None:
+    frames = moving_square(4)
+    bgr = list(explain_frames(engine, frames))
+    rgb = list(explain_frames(engine, [np.ascontiguousarray(f[:, :, ::-1]) for f in frames], bgr=False))
+    for a, b in zip(bgr, rgb, strict=True):
+        np.testing.assert_array_equal(a.saliency, b.saliency)
+
+
+def test_class_idx_is_explained_in_every_frame(engine) -> None:
+    got = list(explain_frames(engine, moving_square(3), class_idx=2))
+    assert [r.class_idx for r in got] == [2, 2, 2] and {r.label for r in got} == {"bird"}
+
+
+def test_smoothing_is_an_ema_restarted_when_the_frame_size_changes(engine) -> None:
+    a = 0.7
+    frames = moving_square(6) + moving_square(5, w=80, h=60, seed=1)
+    raw = [r.saliency for r in explain_frames(engine, frames, batch=4)]
+    smooth = list(explain_frames(engine, frames, batch=4, smoothing=a))
+    expected = []
+    for t, m in enumerate(raw):
+        expected.append(m if t in (0, 6) else a * expected[-1] + (1 - a) * m)
+    for r, e in zip(smooth, expected, strict=True):
+        np.testing.assert_allclose(r.saliency, e, atol=1e-6)
+    np.testing.assert_array_equal(smooth[6].saliency, raw[6])  # restarted at the new size
+    assert not np.allclose(smooth[3].saliency, raw[3])
+    assert all(0.0 <= r.saliency.min() and r.saliency.max() <= 1.0 for r in smooth)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch": 0}, "batch must be a positive integer"),
+    ({"smoothing": 1.0}, r"smoothing must be a number in \[0, 1\)"),
+    ({"method": "nope"}, "unknown method 'nope'"),
+    ({"layer": "fc"}, "layer 'fc' was not exported"),
+    ({"class_idx": 5}, "class_idx must be None, -1"),
+])
+def test_bad_arguments_fail_before_any_frame_is_read(engine, kwargs, match) -> None:
+    def frames():
+        raise AssertionError("a frame was read")
+        yield
+
+    with pytest.raises(InputError, match=match):
+        explain_frames(engine, frames(), **kwargs)
+
+
+def test_a_frame_that_is_not_uint8_bgr_is_named(engine) -> None:
+    frames = moving_square(2) + [np.zeros((H, W), np.uint8)]
+    with pytest.raises(InputError, match=r"frame 2 must be an H×W×3 uint8 image"):
+        list(explain_frames(engine, frames))
+
+
+def test_perturbation_methods_work_with_a_warning(engine, caplog) -> None:
+    name = next(n for n, m in METHODS.items() if m.family in ("feature", "input"))
+    with caplog.at_level(logging.WARNING, logger="camrt"):
+        got = list(explain_frames(engine, moving_square(2), method=name))
+    assert len(got) == 2 and got[0].saliency.shape == engine.input_size
+    assert any("perturbation method" in r.message and "per frame" in r.message for r in caplog.records)
+
+
+# --- render ---------------------------------------------------------------------------------------------------
+
+
+def test_render_blends_the_colour_mapped_map_and_adds_a_panel() -> None:
+    frame = moving_square(1)[0]
+    sal = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    heat = cv2.resize(cv2.applyColorMap((sal * 255).astype(np.uint8), cv2.COLORMAP_JET), (W, H))
+    np.testing.assert_array_equal(render(frame, sal, alpha=0.0), frame)
+    np.testing.assert_array_equal(render(frame, sal, alpha=1.0), heat)
+    both = render(frame, sal, "cat 90.0%", panel=True)
+    assert both.shape == (H, 2 * W, 3)
+    np.testing.assert_array_equal(both[:, W:], heat)
+    labelled = both[:, :W]
+    assert (labelled != render(frame, sal)).any()  # the label is drawn
+    np.testing.assert_array_equal(labelled[H // 2:], render(frame, sal)[H // 2:])  # at the top only
+
+
+# --- explain_video --------------------------------------------------------------------------------------------
+
+
+def test_video_keeps_frame_count_rate_and_size(engine, clip, tmp_path) -> None:
+    out = tmp_path / "out.mp4"
+    s = explain_video(engine, str(clip), out, batch=3)
+    frames, fps = read_video(out)
+    assert len(frames) == COUNT and fps == pytest.approx(FPS) and frames[0].shape == (H, W, 3)
+    assert (s.frames_read, s.frames_explained, s.frames_written) == (COUNT, COUNT, COUNT)
+    assert (s.input_size, s.output_size, s.codec, s.output) == ((W, H), (W, H), "mp4v", str(out))
+    assert s.input_fps == pytest.approx(FPS) and not s.notes and not s.interrupted
+    assert set(s.fps()) == {"decode", "preprocess", "inference", "method", "overlay", "encode", "total"}
+    # Each written frame is the overlay of the library's map on the decoded frame, up to the codec's
+    # loss (about 5 levels on these noisy frames), which is well below the change a wrong map makes.
+    decoded, _ = read_video(clip)
+    for got, r in zip(frames, explain_frames(engine, decoded), strict=True):
+        text = f"{r.label} {r.score:.1%}"
+        error = np.abs(got.astype(int) - render(r.frame, r.saliency, text)).mean()
+        flipped = np.abs(got.astype(int) - render(r.frame, r.saliency[::-1, ::-1], text)).mean()
+        assert error < 8 and error < 0.6 * flipped
+
+
+def test_every_halves_the_frames_and_the_rate(engine, clip, tmp_path) -> None:
+    s = explain_video(engine, clip, tmp_path / "half.avi", every=2)
+    frames, fps = read_video(tmp_path / "half.avi")
+    assert len(frames) == COUNT // 2 == s.frames_written and fps == pytest.approx(FPS / 2)
+    assert s.frames_read == COUNT and s.codec == "MJPG"
+
+
+def test_size_and_panel_set_the_output_size(engine, clip, tmp_path) -> None:
+    s = explain_video(engine, clip, tmp_path / "big.mp4", size=(80, 60), panel=True)
+    frames, _ = read_video(tmp_path / "big.mp4")
+    assert len(frames) == COUNT and frames[0].shape == (60, 160, 3) and s.output_size == (160, 60)
+
+
+def test_smoothing_in_the_pipeline_matches_explain_frames(engine, clip, tmp_path, monkeypatch) -> None:
+    seen = []
+    real = video.render
+    monkeypatch.setattr(video, "render", lambda frame, sal, *a, **k: seen.append(sal) or real(frame, sal, *a, **k))
+    explain_video(engine, clip, None, smoothing=0.5)
+    decoded, _ = read_video(clip)
+    for got, r in zip(seen, explain_frames(engine, decoded, smoothing=0.5), strict=True):
+        np.testing.assert_allclose(got, r.saliency, atol=1e-6)
+
+
+def test_frames_of_changing_size_are_resized_to_the_first(engine, tmp_path) -> None:
+    frames = moving_square(4) + moving_square(3, w=80, h=60) + moving_square(2, w=40, h=30)
+    s = explain_video(engine, frames, tmp_path / "mixed.mp4", fps=12.0)
+    out, fps = read_video(tmp_path / "mixed.mp4")
+    assert len(out) == 9 and {f.shape for f in out} == {(H, W, 3)} and fps == pytest.approx(12.0)
+    assert any("5 frames differed in size from the first (64×48)" in n for n in s.notes)
+
+
+def test_an_iterable_without_a_rate_gets_25_fps_and_a_note(engine, tmp_path) -> None:
+    s = explain_video(engine, moving_square(2), tmp_path / "x.avi")
+    assert s.output_fps == 25.0 and any("frame rate" in n for n in s.notes)
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("notes.txt", b"not a video", "is not a readable video"),
+    ("broken.mp4", bytes(range(256)) * 8, "is not a readable video|has no frames"),
+    ("photo.png", None, "is an image, not a video"),
+    ("missing.mp4", "", "does not exist"),
+])
+def test_a_file_that_is_not_a_video_is_one_clear_error(engine, tmp_path, name, content, match) -> None:
+    path = tmp_path / name
+    if content is None:
+        cv2.imwrite(str(path), moving_square(1)[0])
+    elif content:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        explain_video(engine, path, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_camera_that_does_not_exist(engine, tmp_path) -> None:
+    with pytest.raises(InputError, match="camera 99 could not be opened"):
+        explain_video(engine, "99", tmp_path / "out.mp4")
+
+
+def test_a_stream_that_cannot_be_reached(engine, tmp_path) -> None:
+    with pytest.raises(InputError, match=r"stream 'rtsp://127\.0\.0\.1:9/none' could not be opened"):
+        explain_video(engine, "rtsp://127.0.0.1:9/none", tmp_path / "out.mp4", timeout=2.0)
+
+
+def test_a_source_that_never_starts_times_out(engine, tmp_path) -> None:
+    def late():
+        time.sleep(2.0)
+        yield from moving_square(1)
+
+    with pytest.raises(InputError, match="within 0.2 s: the source did not start"):
+        explain_video(engine, late(), tmp_path / "out.mp4", timeout=0.2)
+
+
+def test_a_source_that_stalls_keeps_the_frames_so_far(engine, tmp_path) -> None:
+    def stalls():
+        yield from moving_square(5)
+        time.sleep(2.0)
+        yield from moving_square(1)
+
+    out = tmp_path / "stalled.mp4"
+    with pytest.raises(InputError, match="for 0.3 s after 5 frames: the source stalled"):
+        explain_video(engine, stalls(), out, batch=2, timeout=0.3)
+    frames, _ = read_video(out)
+    assert len(frames) == 4  # two full batches; the fifth frame waited for its batch
+
+
+def test_an_unavailable_codec_falls_back_and_says_so(engine, clip, tmp_path, monkeypatch, caplog) -> None:
+    real = video._video_writer
+    monkeypatch.setattr(video, "_video_writer",
+                        lambda path, codec, *a: cv2.VideoWriter() if codec == "mp4v" else real(path, codec, *a))
+    with caplog.at_level(logging.WARNING, logger="camrt"):
+        s = explain_video(engine, clip, tmp_path / "out.mp4")
+    assert (s.codec, s.output) == ("MJPG", str(tmp_path / "out.avi"))
+    assert s.notes == [f"codec mp4v is not available in this OpenCV build; wrote MJPG to {tmp_path / 'out.avi'} "
+                       "instead"]
+    assert [r.message for r in caplog.records] == s.notes
+    assert len(read_video(tmp_path / "out.avi")[0]) == COUNT and not (tmp_path / "out.mp4").exists()
+
+
+def test_no_codec_at_all_is_an_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(video, "_video_writer", lambda *a: cv2.VideoWriter())
+    with pytest.raises(InputError, match=r"no codec could write .*tried mp4v \(\.mp4\), MJPG \(\.avi\), XVID"):
+        open_writer(tmp_path / "out.mp4", 10.0, (W, H))
+
+
+@pytest.mark.parametrize("path, codec, match", [
+    ("nodir/out.mp4", None, "output directory .* does not exist"),
+    ("out.xyz", None, "no default codec for '.xyz'"),
+    ("out.mp4", "h264x", "four-character FourCC"),
+])
+def test_bad_output_arguments(tmp_path, path, codec, match) -> None:
+    with pytest.raises(InputError, match=match):
+        open_writer(tmp_path / path, 10.0, (W, H), codec)
+
+
+def test_ctrl_c_leaves_a_playable_file(engine, clip, tmp_path) -> None:
+    def progress(done, total, elapsed):
+        assert total == COUNT and elapsed >= 0
+        if done == 6:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cut.mp4"
+    with pytest.raises(VideoInterrupted) as info:
+        explain_video(engine, clip, out, batch=4, progress=progress)
+    s = info.value.summary
+    assert isinstance(info.value, KeyboardInterrupt) and s.interrupted
+    assert s.frames_explained == s.frames_written == 6
+    frames, fps = read_video(out)
+    assert len(frames) == 6 and fps == pytest.approx(FPS)
+
+
+def test_queues_are_bounded_on_a_long_source(engine) -> None:
+    produced = [0]
+    backlog = []
+
+    def endless():
+        frame = moving_square(1)[0]
+        while True:
+            produced[0] += 1
+            yield frame.copy()
+
+    def progress(done, total, elapsed):
+        backlog.append(produced[0] - done)
+        if done == 120:
+            raise KeyboardInterrupt
+
+    batch = 3
+    with pytest.raises(VideoInterrupted):
+        explain_video(engine, endless(), None, batch=batch, progress=progress)
+    # At most: 2·batch in the queue, one in the decode thread's hands, one batch being explained.
+    assert max(backlog) <= 3 * batch + 1
+    assert max(backlog) >= 2 * batch  # the decoder was ahead: the bound was what held it back
