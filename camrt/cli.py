@@ -210,5 +210,94 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
         sys.exit(EXIT_USER_ERROR)
 
 
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"'{text}' is not WIDTHxHEIGHT in pixels, e.g. 640x480", param_hint="--size")
+    return int(parts[0]), int(parts[1])
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(), help="Video file to write (.mp4, .avi, .mkv, .mov).")
+@click.option("-m", "--method", default="gradcam", show_default=True, help="A method (see `camrt methods`).")
+@click.option("--show", is_flag=True, help="Show the frames in a window (q or Esc stops).")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Explain and write one frame in N (the output frame rate is divided by N).")
+@click.option("--size", "size_text", help="Output size WIDTHxHEIGHT [default: the input's].")
+@click.option("--panel", is_flag=True, help="Add the colour-mapped map beside each frame (twice as wide).")
+@click.option("--smooth", type=float, default=0.0, show_default=True,
+              help="Temporal smoothing of the maps: EMA weight of the past, in [0, 1); 0 is off.")
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per graph run.")
+@click.option("--layer", "layer_names", multiple=True, help="Target layer; repeat to fuse several (default: last).")
+@click.option("--class-idx", type=int, help="Class to explain in every frame (default: each frame's top-1).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--codec", help="FourCC of the output codec, e.g. mp4v, avc1, MJPG [default: from the suffix].")
+@click.option("--colormap", default="jet", show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Heat-map weight in the overlay.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for a frame (first or next) before giving up on the source.")
+@friendly
+def video(model: str, source: str, output: str | None, method: str, show: bool, every: int, size_text: str | None,
+          panel: bool, smooth: float, batch: int, layer_names: tuple[str, ...], class_idx: int | None, device: str,
+          codec: str | None, colormap: str, alpha: float, timeout: float) -> None:
+    """Explain the frames of SOURCE (a video file, a camera index such as 0, or a stream URL) with
+    MODEL, and write them with their overlays to --output and/or show them (--show)."""
+    import os
+
+    if output is None and not show:
+        raise click.UsageError("give -o OUT to write a video, --show to watch it, or both")
+    size = _size(size_text)
+    # FFmpeg's own log would print codec probing and connection failures that camrt reports itself.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    from camrt.engine import Engine
+    from camrt.visual.video import VideoInterrupted, explain_video
+
+    engine = Engine(model, device=device)
+    layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
+    click.echo(f"{Path(model).name}: provider {engine.provider}; {method}, batch {batch}")
+    last = [0.0]
+
+    # A live progress line on a terminal, at most 4 times a second; none in logs (the summary follows).
+    def progress(done: int, total: int | None, elapsed: float) -> None:
+        if elapsed - last[0] < 0.25 and done != total:
+            return
+        last[0] = elapsed
+        of = f"/{total}" if total else ""
+        click.echo(f"\r  {done}{of} frames, {done / max(elapsed, 1e-9):.1f} fps ", nl=False)
+
+    tty = sys.stdout.isatty()
+    try:
+        s = explain_video(engine, source, output, method=method, every=every, size=size, panel=panel, show=show,
+                          smoothing=smooth, batch=batch, layer=layer, class_idx=class_idx, codec=codec,
+                          colormap=colormap, alpha=alpha, timeout=timeout, progress=progress if tty else None)
+    except VideoInterrupted as e:
+        if tty:
+            click.echo()
+        _video_summary(e.summary)
+        raise
+    if tty:
+        click.echo()
+    _video_summary(s)
+
+
+def _video_summary(s) -> None:  # noqa: ANN001 - a camrt.visual.video.VideoSummary (cv2 is imported lazily)
+    size = "×".join(map(str, s.input_size)) if s.input_size else "?"
+    click.echo(f"{s.source}: {size} at {s.input_fps:.4g} fps; {s.frames_read} frames read, "
+               f"{s.frames_explained} explained")
+    if s.output:
+        out = "×".join(map(str, s.output_size))
+        click.echo(f"wrote {s.output} ({s.codec}): {s.frames_written} frames, {out} at {s.output_fps:.4g} fps")
+    for note in s.notes:
+        click.echo(f"note: {note}")
+    fps = s.fps()
+    stages = ", ".join(f"{k} {fps[k]:.1f}" for k in ("decode", "preprocess", "inference", "method", "overlay",
+                                                       "encode") if k in fps)
+    click.echo(f"fps: {stages}; end to end {fps.get('total', 0.0):.1f}")
+
+
 if __name__ == "__main__":
     main()
