@@ -77,15 +77,16 @@ def test_upsample_rejects_bad_arguments() -> None:
 def test_methods_table() -> None:
     assert list(METHODS) == ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                              "gradcam-elementwise", "eigencam", "eigengradcam", "abscam", "smoothgradcam++",
-                             "integratedgradcam", "ablationcam", "reciprocam", "scorecam"]
+                             "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam",
+                             "iscam", "groupcam", "rise"]
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name
         assert method.paper.startswith("https://") and "\n" not in method.description
         assert method.family in ("gradient", "sampled", "feature", "input")
         assert (method.samples is not None) == (method.family == "sampled")
-        assert (method.inputs is not None and method.count is not None) == (method.family in ("feature", "input"))
-    assert [n for n, m in METHODS.items() if not m.uses_gradient] == ["eigencam", "ablationcam", "reciprocam",
-                                                                      "scorecam"]
+        assert (method.explore is not None and method.count is not None) == (method.family in ("feature", "input"))
+    assert [n for n, m in METHODS.items() if not m.uses_gradient] == [
+        "eigencam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam", "iscam", "rise"]
     with pytest.raises(AttributeError):
         METHODS["gradcam"].name = "other"  # type: ignore[misc]
 

@@ -89,7 +89,7 @@ def test_smooth_matches_torchcam_with_the_same_noise() -> None:
     # Σ_ab A_kab D3_kab instead of Σ_ab A_kab · D3_kij. On layer4 (gradient constant over the map and across
     # copies) (1) and (3) vanish, so the copies enter only through (2), which pins down the shared noise.
     x = ref.image()
-    copies = smoothgradcampp_samples(x.numpy(), np.random.default_rng(0), **METHODS["smoothgradcam++"].sample_options)
+    copies = smoothgradcampp_samples(x.numpy(), np.random.default_rng(0), **METHODS["smoothgradcam++"].options)
     noise = iter(torch.from_numpy(copies - x.numpy()[:, None]).unbind(1))
 
     class SameNoise:
@@ -152,10 +152,10 @@ def test_integrated_hand_computed() -> None:
 
 def test_integrated_on_resnet_follows_the_engine_contract() -> None:
     method = METHODS["integratedgradcam"]
-    assert method.sample_inputs == ("baseline",)
+    assert method.needs == ("baseline",)
     x = ref.image().numpy()
     black = (0.0 - IMAGENET_MEAN) / IMAGENET_STD  # a black image after ImageNet preprocessing
-    copies = method.samples(x, np.random.default_rng(0), **{**method.sample_options, "steps": 4}, baseline=black)
+    copies = method.samples(x, np.random.default_rng(0), **{**method.options, "steps": 4}, baseline=black)
     assert copies.shape == (2, 3, 3, *ref.SIZE)
     np.testing.assert_allclose(copies[:, 0], black + (x - black) / 4, atol=1e-6)
     activation, gradient = ref.fixed(("layer3",))["layer3"]

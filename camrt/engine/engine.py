@@ -177,13 +177,15 @@ class Engine:
             class_idx: None or -1 for the top-1 class, an int for all images, or one per image.
             layer: a target layer name, a list of names to fuse (LayerCAM-style, shallow to deep),
                 or None for the model's last exported layer.
-            seed: seeds the random copies of randomised methods (Smooth Grad-CAM++).
-            progress: for methods that re-run the network many times (feature perturbation),
+            seed: seeds randomised methods (Smooth Grad-CAM++, SS-CAM, RISE): same seed, same map.
+            progress: for methods that re-run the network many times (perturbation methods),
                 called as progress(done, total) after each chunk; raising from it stops the run.
-            options: method options (for sampled methods, e.g. n, sigma, steps).
+            options: the method's options (`METHODS[method].options` lists them with their defaults),
+                e.g. ``n=8`` for SS-CAM.
         """
         spec = self._method(method)  # fail before running the model
         self.resolve_layers(layer)
+        self._options(spec, options)
         return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
                                  progress, **options)
 
@@ -197,18 +199,17 @@ class Engine:
         if spec.uses_gradient and self.manifest.layers[0].gradient not in out:
             raise InputError(f"method '{spec.name}' needs the gradient, and this pass was run with gradient=False")
         timings = {"inference": p.seconds}
+        opts = self._options(spec, options)
         samples = None
         if spec.family == "sampled":
-            samples, t_inf = self._run_samples(spec, p.x, used, layers, seed, options)
+            samples, t_inf = self._run_samples(spec, p.x, used, layers, seed, opts)
             timings["inference"] += t_inf
-        elif options:
-            raise InputError(f"method '{spec.name}' takes no options; got {sorted(options)}")
         t1 = time.perf_counter()
         maps = []
         for la in layers:
             a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
             if spec.family in ("feature", "input"):
-                maps.append(self._perturbation_map(spec, p, la, progress))
+                maps.append(self._perturbation_map(spec, p, la, progress, seed, opts))
             elif samples is None:
                 maps.append(spec.fn(a, g))
             else:
@@ -284,50 +285,65 @@ class Engine:
             self._forward = open_session(model.SerializeToString(), self._device, spinning=False)
         return self._forward, None, []
 
-    def _perturbation_map(self, spec: Method, p: Pass, layer: str,
-                          progress: Callable[[int, int], None] | None) -> np.ndarray:
-        """Stream each image's perturbed activations through the tail ("feature" methods), or its
-        masked inputs through the forward-only graph ("input" methods), in chunks of `chunk_size`
-        rows; memory grows with the chunk, not with the number of copies."""
-        session, fwd, boundary = self._tail(layer) if spec.family == "feature" else self._forward_only()
+    @staticmethod
+    def _options(spec: Method, options: dict) -> dict:
+        """The method's options: its defaults, overridden by `options` (names checked)."""
+        unknown = set(options) - set(spec.options)
+        if unknown:
+            takes = f"it takes {', '.join(sorted(spec.options))}" if spec.options else "it takes no options"
+            raise InputError(f"method '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; {takes}")
+        return {**spec.options, **options}
+
+    def _perturbation_map(self, spec: Method, p: Pass, layer: str, progress: Callable[[int, int], None] | None,
+                          seed: int, opts: dict) -> np.ndarray:
+        """Drive the method's `explore` coroutine for each image: run every batch of perturbed
+        activations it yields through the tail ("feature" methods), or of masked inputs through the
+        forward-only graph ("input" methods), and send back the class scores. The batches are at
+        most `chunk_size` rows: memory grows with the chunk, not with the number of copies."""
+        feature = spec.family == "feature"
+        session, fwd, boundary = self._tail(layer) if feature else self._forward_only()
         acts = p.outputs[activation_name(layer)]
+        grads = p.outputs.get(self.manifest.layer(layer).gradient)
         logits, used = p.outputs[LOGITS], p.outputs["class_idx_used"]
         base_scores = logits if spec.score == "logit" else _softmax(logits)
-        total = sum(spec.count(a) for a in acts)
-        done = 0
+        budgets = [spec.count(a, **opts) for a in acts]
+        total, done = sum(budgets), 0
         maps = []
         for n, a in enumerate(acts):
             crossing = dict(zip(boundary, fwd.run(boundary, {INPUT: p.x[n:n + 1]}), strict=True)) if fwd else {}
-            scores = []
-            batches = (spec.inputs(a, self.chunk_size) if spec.family == "feature"
-                       else spec.inputs(p.x[n], a, self.chunk_size))
-            for batch in batches:
-                feed = {activation_name(layer) if spec.family == "feature" else INPUT: batch}
-                feed.update({k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()})
-                z = session.run(None, feed)[0]
-                if spec.score == "probability":
-                    z = _softmax(z)
-                scores.append(z[:, used[n]])
-                done += len(batch)
-                if progress is not None:
-                    progress(done, total)
-            maps.append(spec.fn(a[None], np.concatenate(scores), float(base_scores[n, used[n]])))
+            context = {"x": p.x[n], "base": float(base_scores[n, used[n]]), "seed": seed,
+                       "gradient": None if grads is None else grads[n]}
+            explore = spec.explore(activation=a, chunk=self.chunk_size, **{k: context[k] for k in spec.needs},
+                                   **opts)
+            image_done = 0
+            try:
+                batch = next(explore)
+                while True:
+                    feed = {activation_name(layer) if feature else INPUT: batch}
+                    feed.update({k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()})
+                    z = session.run(None, feed)[0]
+                    if spec.score == "probability":
+                        z = _softmax(z)
+                    image_done += len(batch)
+                    if progress is not None:
+                        progress(done + min(image_done, budgets[n]), total)
+                    batch = explore.send(z[:, used[n]])
+            except StopIteration as stop:
+                maps.append(stop.value)
+            done += budgets[n]
+            if progress is not None and image_done < budgets[n]:  # a recursive method stopped early
+                progress(done, total)
         return np.concatenate(maps)
 
     def _run_samples(self, spec: Method, x: np.ndarray, used: np.ndarray, layers: list[str], seed: int,
                      options: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
         """Run all copies of every image in one batched (chunked) pass, each explained for the
         class chosen for its source image."""
-        sample_opts = {**spec.sample_options, **options}
-        unknown = set(options) - set(spec.sample_options)
-        if unknown:
-            raise InputError(f"method '{spec.name}' has no option(s) {sorted(unknown)}; "
-                             f"it takes {sorted(spec.sample_options)}")
         extra = {}
-        if "baseline" in spec.sample_inputs:  # the black image, preprocessed
+        if "baseline" in spec.needs:  # the black image, preprocessed
             p = self.manifest.preprocessing
             extra["baseline"] = ((0.0 - np.asarray(p.mean)) / np.asarray(p.std)).astype(np.float32)[None, :, None, None]
-        copies = spec.samples(x, np.random.default_rng(seed), **sample_opts, **extra)
+        copies = spec.samples(x, np.random.default_rng(seed), **options, **extra)
         n, s = copies.shape[:2]
         t0 = time.perf_counter()
         out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s))

@@ -8,19 +8,19 @@ returns the saliency map ``(N, h, w)`` after its ReLU; the caller then applies
 * ``"sampled"``: ``fn(activation, gradient, sample_activation, sample_gradient)``; the copies of the
   input come from ``samples(x, rng, **sample_options, **inputs named in sample_inputs)`` and run in the
   same batch as the input (see `camrt.methods.sampled`).
-* ``"feature"``: ``fn(activation, scores, base)``; copies of one image's activation from
-  ``inputs(activation, chunk)`` (``count`` of them) go through the graph's tail in streamed chunks
-  (see `camrt.methods.perturbation`).
-* ``"input"``: ``fn(activation, scores, base)``; masked copies of one preprocessed image from
-  ``inputs(x, activation, chunk)`` go through the forward-only graph (no gradient branch) in
-  streamed chunks.
+* ``"feature"`` and ``"input"``: perturbation methods. ``explore(activation, chunk=..., **needs,
+  **options)`` is a coroutine that yields batches of perturbed copies, is sent each batch's class
+  scores, and returns the map: copies of one image's activation go through the graph's tail
+  ("feature", `camrt.methods.feature`), or masked copies of one preprocessed image through the
+  forward-only graph ("input", `camrt.methods.masking`). ``count(activation, **options)`` bounds
+  the number of copies (for progress reports).
 
 This package imports numpy only (no torch, onnxruntime or cv2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -29,6 +29,16 @@ import numpy as np
 
 from camrt.methods._core import combine, normalize, relu, upsample
 from camrt.methods.eigen import eigencam, eigengradcam
+from camrt.methods.feature import (
+    ablation_count,
+    ablation_explore,
+    ablationcam,
+    ablationpp_count,
+    ablationpp_explore,
+    reciprocam,
+    reciprocam_count,
+    reciprocam_explore,
+)
 from camrt.methods.fusion import fuse
 from camrt.methods.gradient import (
     abscam,
@@ -41,16 +51,18 @@ from camrt.methods.gradient import (
     layercam,
     xgradcam,
 )
-from camrt.methods.perturbation import (
-    ablation_count,
-    ablation_inputs,
-    ablationcam,
-    reciprocam,
-    reciprocam_count,
-    reciprocam_inputs,
+from camrt.methods.masking import (
+    groupcam_count,
+    groupcam_explore,
+    iscam_count,
+    iscam_explore,
+    rise_count,
+    rise_explore,
     scorecam,
     scorecam_count,
-    scorecam_inputs,
+    scorecam_explore,
+    sscam_count,
+    sscam_explore,
 )
 from camrt.methods.sampled import (
     integratedgradcam,
@@ -68,18 +80,19 @@ class Method:
 
     Attributes:
         name: the key in `METHODS`, as typed on the command line.
-        fn: the map function (signature set by `family`, see the module docstring).
+        fn: the map function (signature set by `family`, see the module docstring); for
+            perturbation methods, the function of the scores that `explore` ends with.
         description: one line, shown by ``camrt methods``.
         paper: URL of the paper (or of the reference implementation when there is no paper).
-        family: ``"gradient"``, ``"sampled"`` or ``"perturbation"``.
+        family: ``"gradient"``, ``"sampled"``, ``"feature"`` or ``"input"``.
         samples: for sampled methods, ``samples(x, rng, **options) -> (N, S, C, H, W)`` copies of the input.
-        sample_options: default keyword options of `samples` (e.g. number of copies).
-        sample_inputs: keyword arguments of `samples` that the caller must supply (no default), e.g.
-            ``"baseline"``: the preprocessed black image.
-        uses_gradient: False when `fn` ignores the gradient, so a forward-only run is enough.
-        inputs, count: for perturbation methods, the generator of perturbed activations
-            (``inputs(activation, chunk)``) or inputs (``inputs(x, activation, chunk)``) and how
-            many it yields for an activation.
+        options: the method's keyword options and their defaults (e.g. number of copies); a caller
+            may override them by name (``camrt explain -O n=8``).
+        needs: keyword arguments the caller supplies from the run: ``"baseline"`` (the preprocessed
+            black image), ``"x"`` (the preprocessed image), ``"gradient"`` (``∂y_c/∂A`` of the
+            image), ``"base"`` (the unperturbed class score), ``"seed"``.
+        uses_gradient: False when the method ignores the gradient, so a forward-only run is enough.
+        explore, count: for perturbation methods, the coroutine and the bound on its copies.
         score: which class score the perturbed copies are judged by: "logit" or "probability".
     """
 
@@ -89,12 +102,16 @@ class Method:
     paper: str
     family: Family
     samples: Callable[..., np.ndarray] | None = None
-    sample_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    sample_inputs: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    needs: tuple[str, ...] = ()
     uses_gradient: bool = True
-    inputs: Callable[..., Any] | None = None
-    count: Callable[[np.ndarray], int] | None = None
+    explore: Callable[..., Generator[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    count: Callable[..., int] | None = None
     score: Literal["logit", "probability"] = "logit"
+
+
+def _opts(**kw: Any) -> Mapping[str, Any]:
+    return MappingProxyType(kw)
 
 
 METHODS: dict[str, Method] = {
@@ -131,24 +148,44 @@ METHODS: dict[str, Method] = {
     "smoothgradcam++": Method(
         "smoothgradcam++", smoothgradcampp, "Grad-CAM++ with gradient powers averaged over noisy copies",
         "https://arxiv.org/abs/1908.01224", "sampled", samples=smoothgradcampp_samples,
-        sample_options=MappingProxyType({"n": 4, "sigma": 0.3})),
+        options=_opts(n=4, sigma=0.3)),
     "integratedgradcam": Method(
         "integratedgradcam", integratedgradcam, "Grad-CAM terms integrated along the path from a black image",
         "https://arxiv.org/abs/2102.07805", "sampled", samples=integratedgradcam_samples,
-        sample_options=MappingProxyType({"steps": 20}), sample_inputs=("baseline",)),
+        options=_opts(steps=20), needs=("baseline",)),
     "ablationcam": Method(
         "ablationcam", ablationcam, "Relative drop of the class score when each channel is zeroed (tail re-runs)",
         "https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_"
         "Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html", "feature",
-        uses_gradient=False, inputs=ablation_inputs, count=ablation_count, score="logit"),
+        uses_gradient=False, explore=ablation_explore, count=ablation_count, needs=("base",)),
+    "ablationcam++": Method(
+        "ablationcam++", ablationpp_explore, "Ablation-CAM on channel groups, split recursively where they matter",
+        "https://ieeexplore.ieee.org/document/9897876", "feature", uses_gradient=False,
+        explore=ablationpp_explore, count=ablationpp_count, needs=("base",), options=_opts(groups=16, threshold=0.5)),
     "reciprocam": Method(
         "reciprocam", reciprocam, "Class probability of each position's features alone (tail re-runs)",
-        "https://arxiv.org/abs/2209.14074", "feature", uses_gradient=False, inputs=reciprocam_inputs,
-        count=reciprocam_count, score="probability"),
+        "https://arxiv.org/abs/2209.14074", "feature", uses_gradient=False, explore=reciprocam_explore,
+        count=reciprocam_count, score="probability", needs=("base",), options=_opts(kernel="onehot")),
     "scorecam": Method(
         "scorecam", scorecam, "Softmax over channels of the class score of the input masked by each channel",
-        "https://arxiv.org/abs/1910.01279", "input", uses_gradient=False, inputs=scorecam_inputs,
-        count=scorecam_count, score="logit"),
+        "https://arxiv.org/abs/1910.01279", "input", uses_gradient=False, explore=scorecam_explore,
+        count=scorecam_count, needs=("x", "base")),
+    "sscam": Method(
+        "sscam", sscam_explore, "Score-CAM with scores averaged over noisy masks",
+        "https://arxiv.org/abs/2006.14255", "input", uses_gradient=False, explore=sscam_explore,
+        count=sscam_count, needs=("x", "seed"), options=_opts(n=35, sigma=2.0, noise="mask")),
+    "iscam": Method(
+        "iscam", iscam_explore, "Score-CAM with scores integrated over masks scaled from 0 to 1",
+        "https://arxiv.org/abs/2010.03023", "input", uses_gradient=False, explore=iscam_explore,
+        count=iscam_count, needs=("x",), options=_opts(n=10, cumulative=False)),
+    "groupcam": Method(
+        "groupcam", groupcam_explore, "Gradient-weighted channel groups scored as masks over a blurred input",
+        "https://arxiv.org/abs/2103.13859", "input", explore=groupcam_explore, count=groupcam_count,
+        score="probability", needs=("x", "gradient"), options=_opts(groups=32, blur_kernel=51, blur_sigma=50.0)),
+    "rise": Method(
+        "rise", rise_explore, "Class probability under random smooth masks, averaged per pixel (model-agnostic)",
+        "https://arxiv.org/abs/1806.07421", "input", uses_gradient=False, explore=rise_explore, count=rise_count,
+        score="probability", needs=("x", "seed"), options=_opts(n=4000, cells=7, p=0.5)),
 }
 
 __all__ = [

@@ -4,7 +4,7 @@ bilinear upsampling. Pure numpy; no state."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Generator, Iterable, Sequence
 
 import numpy as np
 
@@ -160,3 +160,29 @@ def upsample(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
     step *= frac.astype(dtype)[None, None, :]
     out += step
     return out
+
+
+def scores_of(batches: Iterable[np.ndarray]) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
+    """The streaming step of every perturbation method: yield each batch of perturbed copies, be
+    sent back its class scores, and return all the scores in order once the batches run out.
+
+    Use it inside a method's ``explore`` coroutine as ``scores = yield from scores_of(batches)``.
+    """
+    parts = []
+    for batch in batches:
+        scores = yield batch
+        parts.append(np.asarray(scores))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def check_chunk(chunk: int) -> None:
+    """Raise InputError unless `chunk` (copies per network run) is a positive integer."""
+    if int(chunk) != chunk or chunk < 1:
+        raise InputError(f"chunk must be a positive integer, got {chunk}")
+
+
+def check_count(value: object, name: str) -> int:
+    """`value` as a positive int, or an InputError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"option {name} must be a positive integer, got {value!r}")
+    return int(value)

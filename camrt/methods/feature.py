@@ -1,0 +1,209 @@
+"""Feature-perturbation family: the target activation is perturbed and only the layers after it
+(the graph's tail) are re-run, in streamed chunks.
+
+Each method has pure parts and one ``explore`` coroutine that the engine drives:
+
+* ``<method>_inputs(activation, chunk) -> Iterator[(k, C, h, w)]`` yields the perturbed copies of
+  one image's activation ``(C, h, w)``, at most `chunk` at a time (never all at once), in a fixed
+  order; ``<method>_count(activation)`` says how many there are in all.
+* ``<method>(activation, scores, base) -> (1, h, w)`` makes the map from the class scores of the
+  copies (in that order) and the score of the unperturbed activation; `Method.score` says
+  whether the engine passes logits (``"logit"``) or softmax probabilities (``"probability"``).
+* ``<method>_explore(activation, chunk=..., base=..., **options)`` yields batches of copies, is
+  sent each batch's class scores, and returns the map. Recursive methods (Ablation-CAM++) choose
+  their next copies from the scores of the last ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import numpy as np
+
+from camrt.errors import InputError
+from camrt.methods._core import check_chunk, check_count, combine, relu, scores_of
+
+Explore = Generator[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _check(activation: np.ndarray, chunk: int) -> None:
+    if activation.ndim != 3:
+        raise InputError(f"a feature-perturbation method takes one image's activation C×h×w, got {activation.shape}")
+    check_chunk(chunk)
+
+
+def ablation_count(activation: np.ndarray) -> int:
+    return int(activation.shape[0])
+
+
+def _ablate(activation: np.ndarray, groups: list[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
+    """Copies of the activation with the channels of one group zeroed each, `chunk` at a time."""
+    for start in range(0, len(groups), chunk):
+        part = groups[start:start + chunk]
+        batch = np.repeat(activation[None], len(part), axis=0)
+        for i, channels in enumerate(part):
+            batch[i, channels] = 0.0
+        yield batch
+
+
+def ablation_inputs(activation: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """Copies of the activation with one channel zeroed each: channel k in copy k."""
+    _check(activation, chunk)
+    yield from _ablate(activation, [np.array([k]) for k in range(activation.shape[0])], chunk)
+
+
+def _drops(scores: np.ndarray, base: float) -> np.ndarray:
+    if base == 0:
+        raise InputError("Ablation-CAM divides by the class score, which is exactly 0 here; use another method")
+    return (base - np.asarray(scores, dtype=np.float64)) / base
+
+
+def ablationcam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+    """Ablation-CAM: each channel weighted by the relative drop of the class score without it.
+
+    ``L = ReLU(Σ_k w_k A_k)``, ``w_k = (y_c − y_c^(k)) / y_c``, where ``y_c^(k)`` is the class
+    logit with channel k of A set to zero. camrt re-runs only the layers after the target layer;
+    pytorch-grad-cam's `AblationCAM` re-runs the whole model for the same numbers.
+
+    Paper: https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf
+
+    Args:
+        activation: the unperturbed activation, ``(1, C, h, w)``.
+        scores: ``y_c^(k)`` for k = 0..C-1, shape ``(C,)``.
+        base: ``y_c`` of the unperturbed activation (non-zero).
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    weights = _drops(scores, base)
+    return relu(combine(weights[None].astype(activation.dtype), activation))
+
+
+def ablation_explore(activation: np.ndarray, chunk: int, base: float) -> Explore:
+    """Ablation-CAM as a coroutine: C tail runs, then `ablationcam`."""
+    scores = yield from scores_of(ablation_inputs(activation, chunk))
+    return ablationcam(activation[None], scores, base)
+
+
+def ablationpp_count(activation: np.ndarray, groups: int = 16, threshold: float = 0.5) -> int:
+    """An upper bound of the tail runs of Ablation-CAM++: every group split down to single channels."""
+    c = activation.shape[0]
+    return int(min(groups, c) + 2 * max(c - min(groups, c), 0))
+
+
+def _check_ablationpp(activation: np.ndarray, groups: object, threshold: object) -> tuple[int, float]:
+    groups = check_count(groups, "groups")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise InputError(f"option threshold must be a number in [0, 1], got {threshold!r}")
+    return groups, float(threshold)
+
+
+def ablationpp_explore(activation: np.ndarray, chunk: int, base: float, groups: int = 16,
+                       threshold: float = 0.5) -> Explore:
+    """Ablation-CAM++: grouped, recursive ablation, fewer tail runs than Ablation-CAM.
+
+    The ICIP 2022 paper (Ablation-CAM++, "grouped recursive" ablation) was not readable here; this
+    is camrt's own definition, documented so that it can be checked:
+
+    1. Channels are ordered by their mean activation and cut into `groups` groups of consecutive
+       channels in that order (channels that respond alike are ablated together).
+    2. Each group g is ablated at once (all its channels zeroed) and scored by the relative drop
+       ``d_g = (y_c − y_c^(g)) / y_c``, as Ablation-CAM scores one channel.
+    3. A group with more than one channel whose ``|d_g| ≥ threshold · max |d|`` (the max over the
+       groups of the same round) is split in two halves, which are ablated in the next round; the
+       recursion ends at single channels.
+    4. A channel's weight is the drop of the smallest group it was ablated in, shared equally by
+       that group's channels: ``w_k = d_g / |g|``; the map is ``ReLU(Σ_k w_k A_k)``.
+
+    ``threshold=0`` splits every group down to single channels: exactly Ablation-CAM, with more
+    runs; ``threshold=1`` refines only the most important group of each round. All-zero channels
+    (half of a ReLU layer, often) end in a group whose drop is 0 and are never split.
+
+    Paper: https://ieeexplore.ieee.org/document/9897876 (Ablation-CAM++, ICIP 2022)
+
+    Args:
+        activation: one image's activation ``(C, h, w)``.
+        chunk: ablated copies per tail run.
+        base: ``y_c`` of the unperturbed activation (non-zero).
+        groups: number of groups in the first round.
+        threshold: fraction of the round's largest |drop| above which a group is split.
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    _check(activation, chunk)
+    groups, threshold = _check_ablationpp(activation, groups, threshold)
+    c = activation.shape[0]
+    order = np.argsort(-activation.reshape(c, -1).mean(axis=1), kind="stable")
+    pending = [part for part in np.array_split(order, min(groups, c)) if len(part)]
+    weights = np.zeros(c)
+    while pending:
+        scores = yield from scores_of(_ablate(activation, pending, chunk))
+        drops = _drops(scores, base)
+        top = np.abs(drops).max()
+        split = []
+        for part, d in zip(pending, drops, strict=True):
+            if len(part) > 1 and top > 0 and abs(d) >= threshold * top:
+                half = len(part) // 2
+                split += [part[:half], part[half:]]
+            else:
+                weights[part] = d / len(part)
+        pending = split
+    return relu(combine(weights[None].astype(activation.dtype), activation[None]))
+
+
+# Recipro-CAM's masks: one-hot (the paper's first version) or a 3×3 Gaussian around the position (v2).
+_KERNELS = {
+    "onehot": np.ones((1, 1)),
+    "gaussian": np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]]),
+}
+
+
+def reciprocam_count(activation: np.ndarray, kernel: str = "onehot") -> int:
+    return int(activation.shape[1] * activation.shape[2])
+
+
+def reciprocam_inputs(activation: np.ndarray, chunk: int, kernel: str = "onehot") -> Iterator[np.ndarray]:
+    """Copies of the activation that keep the neighbourhood of one spatial position each: position
+    (i, j) in copy i·w + j, the activation multiplied by the kernel centred there (one-hot: that
+    position's features alone; Gaussian: the 3×3 kernel, cut at the borders), zeros elsewhere."""
+    _check(activation, chunk)
+    if kernel not in _KERNELS:
+        raise InputError(f"option kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
+    k = _KERNELS[kernel]
+    r = k.shape[0] // 2
+    c, h, w = activation.shape
+    for start in range(0, h * w, chunk):
+        pos = np.arange(start, min(h * w, start + chunk))
+        masks = np.zeros((len(pos), h + 2 * r, w + 2 * r), dtype=activation.dtype)
+        for m, p in zip(masks, pos, strict=True):
+            i, j = divmod(int(p), w)
+            m[i:i + 2 * r + 1, j:j + 2 * r + 1] = k
+        yield activation[None] * masks[:, None, r:r + h, r:r + w]
+
+
+def reciprocam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+    """Recipro-CAM: the class probability the tail gives to each position's features alone.
+
+    ``L(i, j) = softmax(f_tail(A ⊙ m_ij))_c``, with ``m_ij`` the one-hot spatial mask of position
+    (i, j) (the paper's first version), or with option ``kernel="gaussian"`` the 3×3 Gaussian
+    ``[1 2 1; 2 4 2; 1 2 1] / 16`` centred on (i, j) (the later version; openvino-xai's default).
+
+    Paper: https://arxiv.org/abs/2209.14074
+
+    Args:
+        activation: the unperturbed activation, ``(1, C, h, w)``.
+        scores: the class probabilities of the h·w masked copies, in row-major position order.
+        base: unused (the unperturbed probability), accepted for the common signature.
+
+    Returns:
+        Saliency map ``(1, h, w)`` (probabilities, non-negative).
+    """
+    _, _, h, w = activation.shape
+    return np.asarray(scores, dtype=activation.dtype).reshape(1, h, w)
+
+
+def reciprocam_explore(activation: np.ndarray, chunk: int, base: float, kernel: str = "onehot") -> Explore:
+    """Recipro-CAM as a coroutine: h·w tail runs, then `reciprocam`."""
+    scores = yield from scores_of(reciprocam_inputs(activation, chunk, kernel))
+    return reciprocam(activation[None], scores, base)

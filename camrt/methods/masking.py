@@ -1,0 +1,370 @@
+"""Input-masking family: masked copies of the input go through the forward-only graph (no
+gradient branch) in streamed chunks: Score-CAM, SS-CAM, IS-CAM, Group-CAM and RISE.
+
+Masks exist only per chunk: Score-CAM on resnet50's layer4 has 2048 masked 3×224×224 inputs
+(1.2 GB) per image, and none of the methods here ever holds more than `chunk` of them.
+
+Each method has an ``<method>_explore(x, activation, chunk=..., **needs, **options)`` coroutine
+that the engine drives: it yields a batch of masked inputs, is sent their class scores (logits or
+probabilities, as `Method.score` says), and returns the map. ``x`` is one preprocessed image
+``(C_in, H, W)`` and ``activation`` its target-layer activation ``(C, h, w)``. Randomised methods
+draw from ``numpy.random.default_rng(seed)`` in a fixed order, so a seed gives the same map
+whatever the chunk size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import numpy as np
+
+from camrt.errors import InputError
+from camrt.methods._core import check_chunk, check_count, combine, normalize, relu, scores_of, upsample
+
+Explore = Generator[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _check(x: np.ndarray, activation: np.ndarray, chunk: int) -> None:
+    if activation.ndim != 3:
+        raise InputError(f"an input-masking method takes one image's activation C×h×w, got {activation.shape}")
+    if x.ndim != 3:
+        raise InputError(f"an input-masking method takes one image C×H×W, got {x.shape}")
+    check_chunk(chunk)
+
+
+def _check_number(value: object, name: str, low: float = 0.0, high: float | None = None) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating)) and value >= low
+    if not ok or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f"≥ {low}"
+        raise InputError(f"option {name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _constant_channels(activation: np.ndarray) -> np.ndarray:
+    flat = activation.reshape(activation.shape[0], -1)
+    return flat.max(axis=1) == flat.min(axis=1)
+
+
+def _channel_masks(activation: np.ndarray, channels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``norm(up(A_k))`` for the given channels, ``(len(channels), H, W)``."""
+    masks = upsample(activation[channels], size)
+    return normalize(masks, out=masks)
+
+
+def _softmax_weights(s: np.ndarray) -> np.ndarray:
+    w = np.exp(s - s.max())
+    return w / w.sum()
+
+
+# Score-CAM ---------------------------------------------------------------------------------------
+
+
+def scorecam_count(activation: np.ndarray) -> int:
+    constant = _constant_channels(activation)
+    return int((~constant).sum() + constant.any())
+
+
+def scorecam_inputs(x: np.ndarray, activation: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """The input masked by each channel's map, ``x ⊙ norm(up(A_k))``, `chunk` at a time.
+
+    A constant channel (all zero after a ReLU, typically: half of EfficientNet-Lite0's head on a
+    real photo) has the all-zero mask, so all of them share one score: the non-constant channels
+    come first, in order, then one zero-masked input if any channel is constant."""
+    _check(x, activation, chunk)
+    sources = np.flatnonzero(~_constant_channels(activation))
+    for start in range(0, len(sources), chunk):
+        yield x[None] * _channel_masks(activation, sources[start:start + chunk], x.shape[1:])[:, None]
+    if len(sources) < activation.shape[0]:
+        yield np.zeros((1, *x.shape), dtype=x.dtype)
+
+
+def _spread(activation: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Per-channel scores from those of the non-constant channels followed by the zero mask's."""
+    constant = _constant_channels(activation)
+    s = np.empty(len(constant))
+    s[~constant] = given[:(~constant).sum()]
+    if constant.any():
+        s[constant] = given[-1]  # the shared score of the all-zero mask
+    return s
+
+
+def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+    """Score-CAM: channels weighted by the class score of the input masked with their own map.
+
+    ``L = ReLU(Σ_k w_k A_k)``, ``w = softmax_k(y_c(x ⊙ M_k) − y_c(x_b))``, ``M_k = norm(up(A_k))``;
+    ``y_c`` is the class logit, and the baseline term cancels in the softmax. This is TorchCAM's
+    definition (and pytorch-grad-cam's, which upsamples with align_corners=True); the authors'
+    code weights by the softmax probability of the class instead.
+
+    Paper: https://arxiv.org/abs/1910.01279
+
+    Args:
+        activation: the activation, ``(1, C, h, w)``.
+        scores: ``y_c(x ⊙ M_k)`` in the order of `scorecam_inputs` (non-constant channels, then the
+            zero mask's score if any channel is constant).
+        base: ``y_c(x)`` (cancels in the softmax; accepted for the common signature).
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    s = _spread(activation[0], np.asarray(scores, dtype=np.float64))
+    return relu(combine(_softmax_weights(s)[None].astype(activation.dtype), activation))
+
+
+def scorecam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, base: float) -> Explore:
+    """Score-CAM as a coroutine: one forward run per non-constant channel (+1), then `scorecam`."""
+    scores = yield from scores_of(scorecam_inputs(x, activation, chunk))
+    return scorecam(activation[None], scores, base)
+
+
+# SS-CAM ------------------------------------------------------------------------------------------
+
+_NOISE = ("mask", "input")
+
+
+def sscam_count(activation: np.ndarray, n: int = 35, sigma: float = 2.0, noise: str = "mask") -> int:
+    return int(activation.shape[0]) * int(n)
+
+
+def sscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n: int = 35,
+                  sigma: float = 2.0, noise: str = "mask") -> Explore:
+    """SS-CAM: Score-CAM with each channel's score averaged over `n` noisy copies.
+
+    ``w = softmax_k((1/n) Σ_i y_c(x̃_ik))`` and ``L = ReLU(Σ_k w_k A_k)``, with
+    ``M_k = norm(up(A_k))`` and ``δ_ik ~ N(0, σ²)``:
+
+    * ``noise="mask"`` (the paper's SS-CAM(1), TorchCAM's `SSCAM`, σ=2): ``x̃_ik = x ⊙ (M_k + δ_ik)``,
+      the noise an H×W map shared by the colour channels;
+    * ``noise="input"`` (the paper's SS-CAM(2)): ``x̃_ik = x ⊙ M_k + δ_ik``, the noise C_in×H×W.
+
+    The noise is drawn from ``default_rng(seed)`` in float32, copy i's channels in order, then
+    copy i + 1 (TorchCAM's order), so a seed fixes the map whatever the chunk size. Unlike
+    Score-CAM no two channels share a score: noise makes even all-zero masks differ.
+
+    Paper: https://arxiv.org/abs/2006.14255
+
+    Args:
+        x: one preprocessed image ``(C_in, H, W)``.
+        activation: its activation ``(C, h, w)``.
+        chunk: masked inputs per forward run.
+        seed: seed of the noise.
+        n: noisy copies per channel (TorchCAM: 35).
+        sigma: standard deviation of the noise (TorchCAM: 2.0).
+        noise: where the noise goes, ``"mask"`` or ``"input"``.
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    _check(x, activation, chunk)
+    n = check_count(n, "n")
+    sigma = _check_number(sigma, "sigma")
+    if noise not in _NOISE:
+        raise InputError(f"option noise must be one of {', '.join(_NOISE)}, got {noise!r}")
+    c = activation.shape[0]
+    rng = np.random.default_rng(seed)
+
+    def batches() -> Iterator[np.ndarray]:
+        pairs = np.arange(n * c)
+        for start in range(0, len(pairs), chunk):
+            channels = pairs[start:start + chunk] % c
+            masks = _channel_masks(activation, channels, x.shape[1:])
+            if noise == "mask":
+                masks += rng.standard_normal(masks.shape, dtype=np.float32) * np.float32(sigma)
+                yield x[None] * masks[:, None]
+            else:
+                masked = x[None] * masks[:, None]
+                masked += rng.standard_normal(masked.shape, dtype=np.float32) * np.float32(sigma)
+                yield masked
+
+    scores = yield from scores_of(batches())
+    s = np.asarray(scores, dtype=np.float64).reshape(n, c).mean(axis=0)
+    return relu(combine(_softmax_weights(s)[None].astype(activation.dtype), activation[None]))
+
+
+# IS-CAM ------------------------------------------------------------------------------------------
+
+
+def _iscam_scales(n: int, cumulative: bool) -> np.ndarray:
+    scales = np.arange(1, n + 1) / n
+    return np.cumsum(scales) if cumulative else scales
+
+
+def iscam_count(activation: np.ndarray, n: int = 10, cumulative: bool = False) -> int:
+    constant = _constant_channels(activation)
+    return int((~constant).sum()) * int(n) + int(constant.any())
+
+
+def iscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, n: int = 10,
+                  cumulative: bool = False) -> Explore:
+    """IS-CAM: Score-CAM with each channel's score integrated over masks scaled from 0 to 1.
+
+    ``s_k = (1/n) Σ_{i=1..n} y_c(x ⊙ (i/n) M_k)``, ``w = softmax_k(s)``, ``L = ReLU(Σ_k w_k A_k)``,
+    ``M_k = norm(up(A_k))`` (the baseline score cancels in the softmax). TorchCAM's `ISCAM`
+    scales the mask by the running sum ``Σ_{j≤i} j/n`` instead (up to 5.5 for n=10), as the
+    authors' code does; ``cumulative=True`` gives that variant. Constant channels share one score,
+    as in Score-CAM (every scale of an all-zero mask is the same input).
+
+    Paper: https://arxiv.org/abs/2010.03023
+
+    Args:
+        x: one preprocessed image ``(C_in, H, W)``.
+        activation: its activation ``(C, h, w)``.
+        chunk: masked inputs per forward run.
+        n: integration steps (TorchCAM: 10).
+        cumulative: scale by the running sum of i/n (the authors' and TorchCAM's code).
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    _check(x, activation, chunk)
+    n = check_count(n, "n")
+    if not isinstance(cumulative, (bool, np.bool_)):
+        raise InputError(f"option cumulative must be true or false, got {cumulative!r}")
+    scales = _iscam_scales(n, bool(cumulative)).astype(np.float32)
+    sources = np.flatnonzero(~_constant_channels(activation))
+    m = len(sources)
+
+    def batches() -> Iterator[np.ndarray]:
+        pairs = np.arange(n * m)  # step i = pair // m, channel sources[pair % m]
+        for start in range(0, len(pairs), chunk):
+            part = pairs[start:start + chunk]
+            masks = _channel_masks(activation, sources[part % m], x.shape[1:])
+            masks *= scales[part // m][:, None, None]
+            yield x[None] * masks[:, None]
+        if m < activation.shape[0]:
+            yield np.zeros((1, *x.shape), dtype=x.dtype)
+
+    given = np.asarray((yield from scores_of(batches())), dtype=np.float64)
+    per_channel = given[:n * m].reshape(n, m).mean(axis=0)
+    s = _spread(activation, np.concatenate([per_channel, given[n * m:]]))
+    return relu(combine(_softmax_weights(s)[None].astype(activation.dtype), activation[None]))
+
+
+# Group-CAM ---------------------------------------------------------------------------------------
+
+
+def gaussian_blur(x: np.ndarray, kernel: int = 51, sigma: float = 50.0) -> np.ndarray:
+    """Separable Gaussian blur of a ``(C, H, W)`` image with reflect padding, as torchvision's
+    ``GaussianBlur(kernel, sigma)`` (Group-CAM's baseline: kernel 51, σ=50)."""
+    t = np.linspace(-(kernel - 1) / 2, (kernel - 1) / 2, kernel)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    r = kernel // 2
+    out = np.pad(x, ((0, 0), (r, r), (r, r)), mode="reflect")
+    rows = sum(k[i] * out[:, i:i + x.shape[1], :] for i in range(kernel))
+    return sum(k[i] * rows[:, :, i:i + x.shape[2]] for i in range(kernel)).astype(x.dtype)
+
+
+def groupcam_count(activation: np.ndarray, groups: int = 32, blur_kernel: int = 51,
+                   blur_sigma: float = 50.0) -> int:
+    return min(int(groups), int(activation.shape[0])) + 1
+
+
+def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray, chunk: int,
+                     groups: int = 32, blur_kernel: int = 51, blur_sigma: float = 50.0) -> Explore:
+    """Group-CAM: gradient-weighted channel groups as masks that keep the input over a blurred copy.
+
+    ``α_k = mean_ij G_kij``; channels split into G groups of consecutive channels;
+    ``M_g = norm(up(ReLU(Σ_{k∈g} α_k A_k)))``; the masked input ``x ⊙ M_g + b ⊙ (1 − M_g)`` with
+    ``b`` = x blurred (Gaussian, kernel 51, σ=50); ``s_g = p_c(masked) − p_c(b)`` with ``p_c`` the
+    class probability (the authors' code); map ``= ReLU(Σ_g ReLU(s_g) M_g)`` at input resolution.
+    Channels are split with ``numpy.array_split`` (group sizes differ by at most one).
+
+    Paper: https://arxiv.org/abs/2103.13859
+
+    Args:
+        x: one preprocessed image ``(C_in, H, W)``.
+        activation: its activation ``(C, h, w)``.
+        gradient: ``∂y_c/∂A`` for the same image, ``(C, h, w)``.
+        chunk: masked inputs per forward run.
+        groups: number of channel groups G (paper: 32).
+        blur_kernel, blur_sigma: the Gaussian blur of the baseline.
+
+    Returns:
+        Saliency map ``(1, H, W)`` (non-negative).
+    """
+    _check(x, activation, chunk)
+    groups = check_count(groups, "groups")
+    blur_kernel = check_count(blur_kernel, "blur_kernel")
+    if blur_kernel % 2 == 0:
+        raise InputError(f"option blur_kernel must be odd, got {blur_kernel}")
+    blur_sigma = _check_number(blur_sigma, "blur_sigma")
+    if blur_sigma == 0:
+        raise InputError("option blur_sigma must be positive")
+    if gradient.shape != activation.shape:
+        raise InputError(f"gradient {gradient.shape} must have the activation's shape {activation.shape}")
+    alpha = gradient.reshape(len(gradient), -1).mean(axis=1)
+    parts = np.array_split(np.arange(activation.shape[0]), min(groups, activation.shape[0]))
+    low = np.stack([relu((alpha[p, None, None] * activation[p]).sum(axis=0)) for p in parts])  # no BLAS
+    blurred = gaussian_blur(x, blur_kernel, blur_sigma)
+    saliency = np.zeros((1, *x.shape[1:]), dtype=np.float32)
+    base = None
+    # The blurred image leads the first batch: every group's score needs its score subtracted.
+    for start in range(-1, len(parts), chunk):
+        idx = np.arange(max(start, 0), min(start + chunk, len(parts)))
+        masks = _channel_masks(low, idx, x.shape[1:])
+        batch = blurred[None] + masks[:, None] * (x - blurred)[None]
+        if start == -1:
+            batch = np.concatenate([blurred[None], batch])
+        scores = np.asarray((yield batch), dtype=np.float64)
+        if start == -1:
+            base, scores = scores[0], scores[1:]
+        weights = np.maximum(scores - base, 0.0).astype(np.float32)
+        saliency[0] += (weights[:, None, None] * masks).sum(axis=0)
+    return saliency
+
+
+# RISE --------------------------------------------------------------------------------------------
+
+
+def rise_count(activation: np.ndarray, n: int = 4000, cells: int = 7, p: float = 0.5) -> int:
+    return int(n)
+
+
+def rise_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n: int = 4000, cells: int = 7,
+                 p: float = 0.5) -> Explore:
+    """RISE: the class probability of the input under random smooth masks, averaged per pixel.
+
+    ``S = Σ_i p_c(x ⊙ M_i) M_i / (n · p)``. Each mask: a `cells`×`cells` grid of independent
+    Bernoulli(p) cells, upsampled bilinearly (half-pixel, as `upsample`) to
+    ``(cells + 1) · ⌈H / cells⌉`` × ``(cells + 1) · ⌈W / cells⌉`` and cropped to H×W at a random
+    shift below one cell. The grids and shifts of all n masks are drawn first from
+    ``default_rng(seed)`` (n·cells² values: tiny); the masks themselves exist only per chunk and
+    the sum is accumulated as the scores arrive. The mask multiplies the preprocessed input, as the
+    Score-CAM family does (masked pixels become the dataset mean). The map does not use the
+    activation: RISE is model-agnostic.
+
+    Paper: https://arxiv.org/abs/1806.07421
+
+    Args:
+        x: one preprocessed image ``(C_in, H, W)``.
+        activation: its activation (unused; accepted for the common signature).
+        chunk: masked inputs per forward run.
+        seed: seed of the masks.
+        n: number of masks (paper: 4000 for ResNet50).
+        cells: grid size s (paper: 7).
+        p: probability that a cell is kept (paper: 0.5).
+
+    Returns:
+        Saliency map ``(1, H, W)``.
+    """
+    _check(x, activation, chunk)
+    n = check_count(n, "n")
+    cells = check_count(cells, "cells")
+    p = _check_number(p, "p", 0.0, 1.0)
+    if p == 0:
+        raise InputError("option p must be positive: with p = 0 every mask is empty")
+    h, w = x.shape[1:]
+    ch, cw = -(-h // cells), -(-w // cells)
+    rng = np.random.default_rng(seed)
+    grids = (rng.random((n, cells, cells)) < p).astype(np.float32)
+    dy, dx = rng.integers(0, ch, n), rng.integers(0, cw, n)
+    saliency = np.zeros((1, h, w), dtype=np.float32)
+    for start in range(0, n, chunk):
+        up = upsample(grids[start:start + chunk], ((cells + 1) * ch, (cells + 1) * cw))
+        masks = np.stack([m[a:a + h, b:b + w] for m, a, b in
+                          zip(up, dy[start:start + chunk], dx[start:start + chunk], strict=True)])
+        scores = np.asarray((yield x[None] * masks[:, None]), dtype=np.float32)
+        saliency[0] += (scores[:, None, None] * masks).sum(axis=0)
+    saliency /= n * p
+    return saliency
