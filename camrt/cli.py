@@ -44,6 +44,27 @@ def _read_labels(path: str | None) -> list[str] | None:
     return [line.strip() for line in lines if line.strip()]
 
 
+def parse_options(items: tuple[str, ...]) -> dict[str, object]:
+    """NAME=VALUE strings as method options: integers, floats, true/false, else the text."""
+    options: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"'{item}' is not NAME=VALUE", param_hint="--option")
+        value: object = text.strip()
+        if value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        options[name.strip()] = value
+    return options
+
+
 def friendly(f):
     """Turn camrt errors into one line on stderr; unexpected ones too unless --traceback."""
 
@@ -156,6 +177,8 @@ def methods() -> None:
     width = max(len(n) for n in METHODS)
     for name, m in METHODS.items():
         click.echo(f"{name:<{width}}  {m.family:<12} {m.description}")
+        if m.options:
+            click.echo(f"{'':<{width}}  {'':<12} options: {', '.join(f'{k}={v}' for k, v in m.options.items())}")
 
 
 @main.command()
@@ -172,15 +195,20 @@ def methods() -> None:
 @click.option("--topk", type=int, default=5, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods.")
+@click.option("-O", "--option", "option_items", multiple=True, metavar="NAME=VALUE",
+              help="A method option, e.g. -O n=8 (repeat; `camrt methods` lists them).")
+@click.option("--chunk-size", type=int, default=16, show_default=True,
+              help="Copies per network run for perturbation methods (memory grows with it).")
 @friendly
 def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, class_idx: int | None,
             layer_names: tuple[str, ...], colormap: str, alpha: float, save_npy: bool, topk: int, device: str,
-            seed: int) -> None:
+            seed: int, option_items: tuple[str, ...], chunk_size: int) -> None:
     """Explain IMAGES (files or directories) with MODEL and write overlays to --out."""
     from camrt.engine import Engine
     from camrt.explain import explain_files
 
-    engine = Engine(model, device=device)
+    options = parse_options(option_items)
+    engine = Engine(model, device=device, chunk_size=chunk_size)
     layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
     click.echo(f"{Path(model).name}: provider {engine.provider}")
     failed = 0
@@ -193,7 +221,7 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
 
     # A progress line only on a terminal; in logs it would be one line per chunk.
     for r in explain_files(engine, images, out_dir, method, class_idx, layer, colormap, alpha, save_npy, topk, seed,
-                           progress if sys.stderr.isatty() else None):
+                           progress if sys.stderr.isatty() else None, options):
         if r.error:
             failed += 1
             click.echo(f"camrt: error: {r.error}", err=True)

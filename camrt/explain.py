@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,12 +74,19 @@ def explain_files(
     topk: int = 5,
     seed: int = 0,
     progress: Callable[[Path, str, int, int], None] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> Iterator[ImageReport]:
     """For each image: one run of the graph, then every method from it; writes
     `out_dir/<stem>.<method>.png` (and `.npy` with `save_npy`), plus `<stem>.grid.png` when several
     methods run. A bad image or a method that does not apply is reported, and the run goes on.
-    `progress(path, method, done, total)` follows the methods that re-run the network many times."""
+    `progress(path, method, done, total)` follows the methods that re-run the network many times.
+    `options` go to every method that takes them; one that no chosen method takes is an error."""
     names = resolve_methods(methods)
+    options = dict(options or {})
+    unused = set(options) - {o for name in names for o in METHODS[name].options}
+    if unused:
+        raise InputError(f"no chosen method takes option(s) {', '.join(sorted(unused))}; `camrt methods` lists "
+                         "each method's options")
     engine.resolve_layers(layer)  # a layer the model lacks fails every image: one error, before any work
     if colormap not in COLORMAPS:
         raise InputError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
@@ -110,7 +117,8 @@ def explain_files(
             try:
                 report_progress = None if progress is None else (
                     lambda done, total, path=path, name=name: progress(path, name, done, total))
-                r = engine.explain_pass(p, name, layer, seed, report_progress)
+                own = {k: v for k, v in options.items() if k in METHODS[name].options}
+                r = engine.explain_pass(p, name, layer, seed, report_progress, **own)
             except CamrtError as e:
                 report.method_errors[name] = str(e)
                 continue

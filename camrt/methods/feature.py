@@ -87,8 +87,8 @@ def ablation_explore(activation: np.ndarray, chunk: int, base: float) -> Explore
 
 def ablationpp_count(activation: np.ndarray, groups: int = 16, threshold: float = 0.5) -> int:
     """An upper bound of the tail runs of Ablation-CAM++: every group split down to single channels."""
-    c = activation.shape[0]
-    return int(min(groups, c) + 2 * max(c - min(groups, c), 0))
+    c, g = activation.shape[0], check_count(groups, "groups")
+    return int(min(g, c) + 2 * max(c - min(g, c), 0))
 
 
 def _check_ablationpp(activation: np.ndarray, groups: object, threshold: object) -> tuple[int, float]:

@@ -123,7 +123,7 @@ _NOISE = ("mask", "input")
 
 
 def sscam_count(activation: np.ndarray, n: int = 35, sigma: float = 2.0, noise: str = "mask") -> int:
-    return int(activation.shape[0]) * int(n)
+    return int(activation.shape[0]) * check_count(n, "n")
 
 
 def sscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n: int = 35,
@@ -191,7 +191,7 @@ def _iscam_scales(n: int, cumulative: bool) -> np.ndarray:
 
 def iscam_count(activation: np.ndarray, n: int = 10, cumulative: bool = False) -> int:
     constant = _constant_channels(activation)
-    return int((~constant).sum()) * int(n) + int(constant.any())
+    return int((~constant).sum()) * check_count(n, "n") + int(constant.any())
 
 
 def iscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, n: int = 10,
@@ -257,7 +257,7 @@ def gaussian_blur(x: np.ndarray, kernel: int = 51, sigma: float = 50.0) -> np.nd
 
 def groupcam_count(activation: np.ndarray, groups: int = 32, blur_kernel: int = 51,
                    blur_sigma: float = 50.0) -> int:
-    return min(int(groups), int(activation.shape[0])) + 1
+    return min(check_count(groups, "groups"), int(activation.shape[0])) + 1
 
 
 def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray, chunk: int,
@@ -318,7 +318,7 @@ def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray
 
 
 def rise_count(activation: np.ndarray, n: int = 4000, cells: int = 7, p: float = 0.5) -> int:
-    return int(n)
+    return check_count(n, "n")
 
 
 def rise_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n: int = 4000, cells: int = 7,
