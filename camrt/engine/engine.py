@@ -14,7 +14,7 @@ import numpy as np
 from camrt.engine.preprocess import preprocess
 from camrt.engine.session import open_session
 from camrt.errors import InputError
-from camrt.manifest import CLASS_IDX, INPUT, LOGITS, METADATA_KEY, Manifest, activation_name
+from camrt.manifest import CLASS_IDX, INPUT, INPUT_GRADIENT, LOGITS, METADATA_KEY, Manifest, activation_name
 from camrt.methods import METHODS, Method, fuse, normalize, upsample
 
 logger = logging.getLogger("camrt")
@@ -97,6 +97,7 @@ class Engine:
         self._tails: dict[str, tuple[object, object | None, list[str]]] = {}  # per layer, built on first use
         self._forward: object | None = None
         self._activations: object | None = None
+        self._input_gradient: object | None = None
         self._model_proto: object | None = None
 
     @property
@@ -186,6 +187,7 @@ class Engine:
         spec = self._method(method)  # fail before running the model
         self.resolve_layers(layer)
         self._options(spec, options)
+        self._check_input_gradient(spec)
         return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
                                  progress, **options)
 
@@ -200,6 +202,7 @@ class Engine:
             raise InputError(f"method '{spec.name}' needs the gradient, and this pass was run with gradient=False")
         timings = {"inference": p.seconds}
         opts = self._options(spec, options)
+        self._check_input_gradient(spec)
         samples = None
         if spec.family == "sampled":
             samples, t_inf = self._run_samples(spec, p.x, used, layers, seed, opts)
@@ -294,6 +297,21 @@ class Engine:
             raise InputError(f"method '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; {takes}")
         return {**spec.options, **options}
 
+    def _check_input_gradient(self, spec: Method) -> None:
+        if spec.input_gradient and not self.manifest.input_gradient:
+            raise InputError(f"method '{spec.name}' needs the gradient of the class score with respect to the input, "
+                             f"which '{self.path.name}' lacks; re-export the model with `camrt export "
+                             "--input-gradient` (or camrt.export(..., input_gradient=True))")
+
+    def _input_gradient_session(self):
+        """A session on the sub-graph that computes only the logits and ∂y_c/∂input, built once."""
+        if self._input_gradient is None:
+            from camrt.graph import keep_outputs
+
+            model = keep_outputs(self._proto(), [LOGITS, INPUT_GRADIENT])
+            self._input_gradient = open_session(model.SerializeToString(), self._device, spinning=False)
+        return self._input_gradient
+
     def _perturbation_map(self, spec: Method, p: Pass, layer: str, progress: Callable[[int, int], None] | None,
                           seed: int, opts: dict) -> np.ndarray:
         """Drive the method's `explore` coroutine for each image: run every batch of perturbed
@@ -301,7 +319,10 @@ class Engine:
         forward-only graph ("input" methods), and send back the class scores. The batches are at
         most `chunk_size` rows: memory grows with the chunk, not with the number of copies."""
         feature = spec.family == "feature"
-        session, fwd, boundary = self._tail(layer) if feature else self._forward_only()
+        if spec.input_gradient:
+            session, fwd, boundary = self._input_gradient_session(), None, []
+        else:
+            session, fwd, boundary = self._tail(layer) if feature else self._forward_only()
         acts = p.outputs[activation_name(layer)]
         grads = p.outputs.get(self.manifest.layer(layer).gradient)
         logits, used = p.outputs[LOGITS], p.outputs["class_idx_used"]
@@ -321,13 +342,15 @@ class Engine:
                 while True:
                     feed = {activation_name(layer) if feature else INPUT: batch}
                     feed.update({k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()})
-                    z = session.run(None, feed)[0]
+                    if spec.input_gradient:
+                        feed[CLASS_IDX] = np.full(len(batch), used[n], np.int64)
+                    z, *rest = session.run(None, feed)
                     if spec.score == "probability":
                         z = _softmax(z)
                     image_done += len(batch)
                     if progress is not None:
                         progress(done + min(image_done, budgets[n]), total)
-                    batch = explore.send(z[:, used[n]])
+                    batch = explore.send((z[:, used[n]], rest[0]) if spec.input_gradient else z[:, used[n]])
             except StopIteration as stop:
                 maps.append(stop.value)
             done += budgets[n]

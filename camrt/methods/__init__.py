@@ -13,7 +13,8 @@ returns the saliency map ``(N, h, w)`` after its ReLU; the caller then applies
   scores, and returns the map: copies of one image's activation go through the graph's tail
   ("feature", `camrt.methods.feature`), or masked copies of one preprocessed image through the
   forward-only graph ("input", `camrt.methods.masking`). ``count(activation, **options)`` bounds
-  the number of copies (for progress reports).
+  the number of copies (for progress reports). Opti-CAM (`camrt.methods.optimisation`) is also sent
+  the gradient of the class score with respect to each input (`Method.input_gradient`).
 
 This package imports numpy only (no torch, onnxruntime or cv2).
 """
@@ -64,6 +65,7 @@ from camrt.methods.masking import (
     sscam_count,
     sscam_explore,
 )
+from camrt.methods.optimisation import opticam_count, opticam_explore
 from camrt.methods.sampled import (
     integratedgradcam,
     integratedgradcam_samples,
@@ -94,6 +96,8 @@ class Method:
         uses_gradient: False when the method ignores the gradient, so a forward-only run is enough.
         explore, count: for perturbation methods, the coroutine and the bound on its copies.
         score: which class score the perturbed copies are judged by: "logit" or "probability".
+        input_gradient: the `explore` coroutine is sent ``(scores, ∂y_c/∂input)`` for each batch of
+            inputs, which needs a model exported with ``input_gradient=True`` (Opti-CAM).
     """
 
     name: str
@@ -108,6 +112,7 @@ class Method:
     explore: Callable[..., Generator[np.ndarray, np.ndarray, np.ndarray]] | None = None
     count: Callable[..., int] | None = None
     score: Literal["logit", "probability"] = "logit"
+    input_gradient: bool = False
 
 
 def _opts(**kw: Any) -> Mapping[str, Any]:
@@ -186,6 +191,10 @@ METHODS: dict[str, Method] = {
         "rise", rise_explore, "Class probability under random smooth masks, averaged per pixel (model-agnostic)",
         "https://arxiv.org/abs/1806.07421", "input", uses_gradient=False, explore=rise_explore, count=rise_count,
         score="probability", needs=("x", "seed"), options=_opts(n=4000, cells=7, p=0.5)),
+    "opticam": Method(
+        "opticam", opticam_explore, "Channel weights optimised (Adam) to maximise the class score of the masked input",
+        "https://arxiv.org/abs/2301.07002", "input", uses_gradient=False, explore=opticam_explore,
+        count=opticam_count, needs=("x",), options=_opts(steps=100, lr=0.1), input_gradient=True),
 }
 
 __all__ = [
