@@ -78,7 +78,7 @@ def test_methods_table() -> None:
     assert list(METHODS) == ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                              "gradcam-elementwise", "eigencam", "eigengradcam", "abscam", "smoothgradcam++",
                              "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam",
-                             "iscam", "groupcam", "rise"]
+                             "iscam", "groupcam", "rise", "opticam"]
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name
         assert method.paper.startswith("https://") and "\n" not in method.description
@@ -86,7 +86,7 @@ def test_methods_table() -> None:
         assert (method.samples is not None) == (method.family == "sampled")
         assert (method.explore is not None and method.count is not None) == (method.family in ("feature", "input"))
     assert [n for n, m in METHODS.items() if not m.uses_gradient] == [
-        "eigencam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam", "iscam", "rise"]
+        "eigencam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam", "iscam", "rise", "opticam"]
     with pytest.raises(AttributeError):
         METHODS["gradcam"].name = "other"  # type: ignore[misc]
 
