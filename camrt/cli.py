@@ -149,10 +149,12 @@ def layers(model: str, arch: str | None, trust_pickle: bool, input_shape: str) -
 @click.option("--mean", help="Per-channel mean on [0,1] pixels, e.g. 0.485,0.456,0.406 (ImageNet default).")
 @click.option("--std", help="Per-channel std on [0,1] pixels, e.g. 0.229,0.224,0.225 (ImageNet default).")
 @click.option("--labels", "labels_file", type=click.Path(), help="Text file with one class name per line.")
+@click.option("--input-gradient", is_flag=True,
+              help="Also output the gradient of the class score with respect to the input (for Opti-CAM).")
 @friendly
 def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
                input_shape: str, opset: int, output_index: int | None, mean: str | None, std: str | None,
-               labels_file: str | None) -> None:
+               labels_file: str | None, input_gradient: bool) -> None:
     """Export MODEL to ONNX with logits, activations and class-score gradients."""
     from camrt import export
     from camrt.manifest import Preprocessing
@@ -163,7 +165,7 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
         trust_pickle=trust_pickle,
         output_index=output_index, opset=opset,
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
-        labels=_read_labels(labels_file),
+        labels=_read_labels(labels_file), input_gradient=input_gradient,
     )
     shapes = ", ".join(f"{la.name} {'×'.join(map(str, la.shape))}" for la in manifest.layers)
     click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}; verified against eager PyTorch")

@@ -163,3 +163,18 @@ def test_error_in_a_real_process(tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [f"camrt: error: model file '{tmp_path / 'nope.pth'}' does not exist"]
+
+
+def test_export_input_gradient_flag(tmp_path, weights, model) -> None:
+    out = tmp_path / "grad.cam.onnx"
+    result = invoke("export", weights, *ARCH, "--layer", "layer2", "--input-gradient", "-o", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    proto = onnx.load(out)
+    assert Manifest.from_json({p.key: p.value for p in proto.metadata_props}[METADATA_KEY]).input_gradient
+    assert [o.name for o in proto.graph.output][-1] == "gradient.input"
+    x = torch.from_numpy(inputs((2, 3, 32, 32), seed=5)).double().requires_grad_()
+    got = open_session(out).run(["gradient.input"], {"input": x.detach().float().numpy(),
+                                                     "class_idx": np.array([1, 3])})[0]
+    logits = model.double()(x)
+    expected, = torch.autograd.grad(logits[0, 1] + logits[1, 3], x)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-5)
