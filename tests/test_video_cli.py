@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -117,17 +116,17 @@ def test_show_without_a_gui_build_is_one_line(model_path, clip) -> None:
 
 
 def test_ctrl_c_keeps_a_playable_file_and_exits_130(model_path, clip, tmp_path, monkeypatch) -> None:
-    real, calls = video.render, []
+    real = video._queued
 
-    def render(*args, **kwargs) -> np.ndarray:
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def queued(*args):  # Ctrl-C while the fifth frame is awaited (the first batch of 4 is out)
+        for i, frame in enumerate(real(*args)):
+            if i == 4:
+                raise KeyboardInterrupt
+            yield frame
 
-    monkeypatch.setattr(video, "render", render)
+    monkeypatch.setattr(video, "_queued", queued)
     out = tmp_path / "cut.mp4"
-    result = invoke("video", model_path, clip, "-o", out)
+    result = invoke("video", model_path, clip, "-o", out, "--batch", "4")
     assert result.exit_code == 130, (result.output, result.stderr)
     assert result.stderr == "camrt: interrupted\n"
     assert f"wrote {out} (mp4v): 4 frames" in result.stdout

@@ -245,7 +245,7 @@ def test_smoothing_in_the_pipeline_matches_explain_frames(engine, clip, tmp_path
     seen = []
     real = video.render
     monkeypatch.setattr(video, "render", lambda frame, sal, *a, **k: seen.append(sal) or real(frame, sal, *a, **k))
-    explain_video(engine, clip, None, smoothing=0.5)
+    explain_video(engine, clip, tmp_path / "smooth.avi", smoothing=0.5)
     decoded, _ = read_video(clip)
     for got, r in zip(seen, explain_frames(engine, decoded, smoothing=0.5), strict=True):
         np.testing.assert_allclose(got, r.saliency, atol=1e-6)

@@ -1,0 +1,141 @@
+"""`camrt video` end to end against model inference alone on the same frames (CPU provider).
+
+    python tools/bench_video.py [--frames 150] [--rounds 3] [--batch 1 4]
+
+Writes a 640×480 clip (a camera panning across scikit-image's `chelsea` and `coffee` photos,
+mp4v, 25 fps), exports the pretrained EfficientNet-Lite0 (head activation) and a random-weight
+torchvision resnet18 (layer4), and for each model and batch size times, in alternating rounds
+(the best round of each counts: this shared VM has slow spells):
+  (p) the pipeline: `explain_video(engine, clip, out.mp4, method="gradcam", batch=B)`: decode,
+      preprocess, one graph run per batch, Grad-CAM, overlay with label, encode (mp4v);
+  (i) inference alone: `Engine.forward` (the full camrt graph: logits, activation and gradient)
+      on the same frames, decoded and preprocessed beforehand, in batches of B;
+  (f) forward only, for information: `Engine.forward(x, gradient=False)` (no gradient branch).
+It prints frames per second of each and the ratio p/i, the pipeline's cost over inference alone
+(target: at most 1.20).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import camrt  # noqa: E402
+from camrt.engine import Engine  # noqa: E402
+from camrt.visual.video import explain_video, prepare_frames  # noqa: E402
+
+SIZE = (640, 480)
+FPS = 25.0
+
+
+def write_clip(path: Path, count: int) -> None:
+    """A camera panning across the cat and the espresso, 640×480, `count` frames."""
+    from skimage import data
+
+    h = SIZE[1]
+    strip = np.hstack([cv2.resize(img, (round(img.shape[1] * h / img.shape[0]), h), interpolation=cv2.INTER_AREA)
+                       for img in (data.chelsea(), data.coffee())])
+    strip = cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)
+    travel = strip.shape[1] - SIZE[0]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    for t in range(count):
+        x = round(travel * (0.5 - 0.5 * np.cos(2 * np.pi * t / count)))  # there and back
+        writer.write(np.ascontiguousarray(strip[:, x:x + SIZE[0]]))
+    writer.release()
+
+
+def decode(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while (frame := cap.read())[0]:
+        frames.append(frame[1])
+    cap.release()
+    return frames
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{cpu}, {os.cpu_count()} cores; onnxruntime {ort.__version__}, OpenCV {cv2.__version__} "
+            f"({cv2.getNumThreads()} threads), Python {platform.python_version()}; load average "
+            f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def models():
+    from models.efficientnet_lite0 import MEAN, STD, imagenet_labels, pretrained
+
+    yield "efficientnet-lite0", pretrained().eval(), "_head_act", {"mean": MEAN, "std": STD,
+                                                                   "labels": imagenet_labels()}
+    torch.manual_seed(0)
+    yield "resnet18", torchvision.models.resnet18().eval(), "layer4", {}
+
+
+def time_inference(engine: Engine, batches: list[np.ndarray], gradient: bool) -> float:
+    t = time.perf_counter()
+    for x in batches:
+        engine.forward(x, gradient=gradient)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args()
+    print(machine())
+    print(f"{'model':<20}{'batch':>6}{'(p) video fps':>15}{'(i) infer fps':>15}{'(f) fwd-only fps':>18}{'p/i':>7}"
+          f"   pipeline stages, ms/frame")
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "clip.mp4"
+        write_clip(clip, args.frames)
+        frames = decode(clip)
+        for name, model, layer, facts in models():
+            path = Path(tmp) / f"{name}.cam.onnx"
+            camrt.export(model, layers=[layer], path=path, **facts)
+            engine = Engine(path, device="cpu", chunk_size=64)
+            p = engine.manifest.preprocessing
+            for batch in args.batch:
+                batches = [prepare_frames(frames[i:i + batch], engine.input_size, p.mean, p.std)
+                           for i in range(0, len(frames), batch)]
+                time_inference(engine, batches[:3], True)  # warm-up of both graphs
+                time_inference(engine, batches[:3], False)
+                best = {"p": float("inf"), "i": float("inf"), "f": float("inf")}
+                stages = {}
+                for _ in range(args.rounds):
+                    s = explain_video(engine, clip, Path(tmp) / "out.mp4", method="gradcam", batch=batch)
+                    assert s.frames_written == len(frames), s
+                    if s.seconds["total"] < best["p"]:
+                        best["p"], stages = s.seconds["total"], s.seconds
+                    best["i"] = min(best["i"], time_inference(engine, batches, True))
+                    best["f"] = min(best["f"], time_inference(engine, batches, False))
+                n = len(frames)
+                ratio = best["p"] / best["i"]
+                worst = max(worst, ratio)
+                per_frame = " ".join(f"{k} {v / n * 1e3:.1f}" for k, v in stages.items() if k != "total")
+                print(f"{name:<20}{batch:>6}{n / best['p']:>15.1f}{n / best['i']:>15.1f}{n / best['f']:>18.1f}"
+                      f"{ratio:>7.2f}   {per_frame}", flush=True)
+    print(f"worst p/i {worst:.2f} (target <= 1.20): {'met' if worst <= 1.20 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
