@@ -8,10 +8,12 @@ import numpy as np
 import torch
 
 
-def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray, layers: list[str]) -> dict:
-    """logits, class used, and per layer the module output and d logits[n, c_n] / d output[n],
-    computed in float64 on a copy of the model: two float32 computations can disagree on ReLU
-    ties, and float64 is the closer truth (see camrt/exporter/verify.py for measurements)."""
+def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray, layers: list[str],
+                      input_gradient: bool = False) -> dict:
+    """logits, class used, per layer the module output and d logits[n, c_n] / d output[n], and
+    with `input_gradient` "gradient.input" = d logits[n, c_n] / d x[n], computed in float64 on a
+    copy of the model: two float32 computations can disagree on ReLU ties, and float64 is the
+    closer truth (see camrt/exporter/verify.py for measurements)."""
     model = copy.deepcopy(model).double().eval()
     x = x.astype(np.float64)
     modules = dict(model.named_modules())
@@ -26,18 +28,21 @@ def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarr
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
     try:
-        logits = model(torch.from_numpy(x).requires_grad_(True))
+        xt = torch.from_numpy(x).requires_grad_(True)
+        logits = model(xt)
         cls = torch.from_numpy(class_idx).expand(len(x))
         used = torch.where(cls == -1, logits.argmax(1), cls)
         score = sum(logits[i, used[i]] for i in range(len(x)))  # per-image scores, summed
-        grads = torch.autograd.grad(score, [seen[n] for n in layers])
+        grads = torch.autograd.grad(score, [seen[n] for n in layers] + ([xt] if input_gradient else []))
     finally:
         for h in handles:
             h.remove()
     out = {"logits": logits.detach().numpy(), "class_idx_used": used.numpy()}
-    for n, g in zip(layers, grads, strict=True):
+    for n, g in zip(layers, grads, strict=False):
         out[f"activation.{n}"] = seen[n].detach().numpy()
         out[f"gradient.{n}"] = g.numpy()
+    if input_gradient:
+        out["gradient.input"] = grads[-1].numpy()
     return out
 
 
@@ -72,7 +77,7 @@ def assert_gradient_close(name: str, got: np.ndarray, ref: np.ndarray, yardstick
 
 
 def eager_float32_gradients(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray,
-                            layers: list[str]) -> dict[str, np.ndarray]:
+                            layers: list[str], input_gradient: bool = False) -> dict[str, np.ndarray]:
     """The yardstick: the same gradients by float32 eager autograd with PyTorch's native kernels."""
     modules = dict(model.eval().named_modules())
     seen: dict[str, torch.Tensor] = {}
@@ -80,11 +85,16 @@ def eager_float32_gradients(model: torch.nn.Module, x: np.ndarray, class_idx: np
                for n in layers]
     try:
         with torch.backends.mkldnn.flags(enabled=False):
-            logits = model(torch.from_numpy(x).requires_grad_(True))
+            xt = torch.from_numpy(x).requires_grad_(True)
+            logits = model(xt)
             cls = torch.from_numpy(class_idx).expand(len(x))
             used = torch.where(cls == -1, logits.argmax(1), cls)
-            grads = torch.autograd.grad(logits[torch.arange(len(x)), used].sum(), [seen[n] for n in layers])
+            wrt = [seen[n] for n in layers] + ([xt] if input_gradient else [])
+            grads = torch.autograd.grad(logits[torch.arange(len(x)), used].sum(), wrt)
     finally:
         for h in handles:
             h.remove()
-    return {f"gradient.{n}": g.numpy() for n, g in zip(layers, grads, strict=True)}
+    out = {f"gradient.{n}": g.numpy() for n, g in zip(layers, grads, strict=False)}
+    if input_gradient:
+        out["gradient.input"] = grads[-1].numpy()
+    return out

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from camrt import __version__
-from camrt.errors import ExportError, InputError, UnsupportedOpError, VerificationError
+from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, VerificationError
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
@@ -26,6 +26,7 @@ from camrt.manifest import (
     CLASS_IDX,
     CLASS_IDX_USED,
     INPUT,
+    INPUT_GRADIENT,
     LOGITS,
     Layer,
     Manifest,
@@ -61,11 +62,14 @@ def _example(shape: Sequence[int], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[str], opset: int) -> onnx.ModelProto:
+def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[str], opset: int,
+             input_gradient: bool = False) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = traceable_example(example)
     cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
     names = [LOGITS, CLASS_IDX_USED, *map(activation_name, layers), *map(gradient_name, layers)]
+    if input_gradient:
+        names.append(INPUT_GRADIENT)
     # The exporter reports progress on stdout and raises many warnings; a library stays quiet.
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -99,7 +103,8 @@ def _check_with_ort(path: Path, model: nn.Module, manifest: Manifest, output_ind
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls}), strict=True))
     layers = [la.name for la in manifest.layers]
-    ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), layers, output_index)
+    ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), layers, output_index,
+                                          manifest.input_gradient)
     problems = [m for k in ref
                 if (m := verify.compare(k, got[k], ref[k], yardstick[k] if yardstick else None)) is not None]
     if problems:
@@ -121,9 +126,11 @@ def export(
     mean: Sequence[float] = Preprocessing.mean,
     std: Sequence[float] = Preprocessing.std,
     labels: Sequence[str] | None = None,
+    input_gradient: bool = False,
 ) -> Manifest:
     """Export `model` to an ONNX file whose outputs are the logits, the used class and, for each
-    target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n].
+    target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
+    with `input_gradient`, also `gradient.input` = ∂ logits[n, class_idx[n]] / ∂ input[n].
 
     The file is verified against eager PyTorch on a fresh input before it appears at `path`;
     on any failure nothing is written. The caller's model is left as it was (mode, gradients).
@@ -141,6 +148,9 @@ def export(
         opset: ONNX opset (the dynamo exporter's default is 18; camrt uses 20).
         mean, std: preprocessing stored in the manifest (per channel, on [0, 1] pixels).
         labels: class names stored in the manifest, one per class.
+        input_gradient: add the output `gradient.input` (N×C×H×W, for the same class as the layer
+            gradients), verified like them; the manifest records it. Off by default: the backward
+            pass then also runs through the layers before the first target.
 
     Returns:
         The manifest written into the model.
@@ -150,6 +160,9 @@ def export(
         UnsupportedOpError, VerificationError) with a message that says what to do.
     """
     layers = list(layers)
+    if input_gradient and INPUT_GRADIENT in map(gradient_name, layers):
+        raise LayerError(f"a target layer named '{INPUT}' would give its gradient the name '{INPUT_GRADIENT}', "
+                         "which input_gradient=True reserves for the input's gradient; target another module")
     if path is None:
         raise InputError("export needs path=, the .onnx file to write")
     if example_input is not None:
@@ -198,9 +211,11 @@ def export(
         weights_sha256=_weights_hash(model),
         source=source,
         opset=opset,
+        input_gradient=bool(input_gradient),
     )
-    gm = trace(model, example, layers, output_index)
-    proto = run_passes(_to_onnx(gm, example, layers, opset), export_passes(num_classes, manifest.to_json()))
+    gm = trace(model, example, layers, output_index, manifest.input_gradient)
+    proto = run_passes(_to_onnx(gm, example, layers, opset, manifest.input_gradient),
+                       export_passes(num_classes, manifest.to_json()))
 
     try:  # os.access above is only a hint (root, read-only mounts, quotas)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=out_dir)

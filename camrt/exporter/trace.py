@@ -1,10 +1,11 @@
-"""Trace `(input, class_idx) -> (logits, class_idx_used, A_1.., G_1..)` into an FX graph.
+"""Trace `(input, class_idx) -> (logits, class_idx_used, A_1.., G_1.. [, G_input])` into an FX graph.
 
-The gradient G_l = ∂ logits[n, c_n] / ∂ A_l[n] is computed by autograd inside the traced
-function; `make_fx` records the backward pass as ordinary ATen ops, which the ONNX exporter can
-translate. The class is selected with a one-hot product rather than `gather` (whose backward
-becomes ScatterElements, poorly supported by the CUDA provider). Summing the selected scores
-over the batch gives per-image gradients because images do not interact in eval mode.
+The gradient G_l = ∂ logits[n, c_n] / ∂ A_l[n] (and, on request, G_input = ∂ logits[n, c_n] / ∂
+input[n]) is computed by autograd inside the traced function; `make_fx` records the backward
+pass as ordinary ATen ops, which the ONNX exporter can translate. The class is selected with a
+one-hot product rather than `gather` (whose backward becomes ScatterElements, poorly supported
+by the CUDA provider). Summing the selected scores over the batch gives per-image gradients
+because images do not interact in eval mode.
 """
 
 from __future__ import annotations
@@ -128,12 +129,17 @@ def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None
             )
 
 
-def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | None):
-    """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G)."""
+def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | None, input_gradient: bool = False):
+    """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G), with the
+    input gradient appended when `input_gradient`."""
     modules = dict(model.named_modules())
 
     def f(x: torch.Tensor, class_idx: torch.Tensor):
         acts: dict[str, torch.Tensor] = {}
+        if input_gradient:
+            # With the input in the autograd graph every target stays in it too (none becomes a
+            # leaf below), and the backward runs on through the stem to the input.
+            x = x.detach().requires_grad_(True)
 
         def make_hook(name: str):
             def hook(_mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
@@ -156,7 +162,7 @@ def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | No
                 used = torch.where(class_idx == -1, top, class_idx)
                 onehot = (torch.arange(logits.shape[1], device=logits.device) == used[:, None]).to(logits.dtype)
                 score = (logits * onehot).sum()
-                grads = torch.autograd.grad(score, [acts[n] for n in layers])
+                grads = torch.autograd.grad(score, [*(acts[n] for n in layers), *([x] if input_gradient else [])])
         finally:
             for h in handles:
                 h.remove()
@@ -172,10 +178,12 @@ def traceable_example(example: torch.Tensor) -> torch.Tensor:
 
 
 def trace(
-    model: nn.Module, example: torch.Tensor, layers: Sequence[str], output_index: int | None
+    model: nn.Module, example: torch.Tensor, layers: Sequence[str], output_index: int | None,
+    input_gradient: bool = False,
 ) -> torch.fx.GraphModule:
-    """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions."""
-    f = cam_function(model, layers, output_index)
+    """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions;
+    `input_gradient` adds ∂ score / ∂ input as the last output."""
+    f = cam_function(model, layers, output_index, input_gradient)
     example = traceable_example(example)
     cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
     try:

@@ -5,13 +5,14 @@ eager autograd in float32 (PyTorch's native kernels), i.e. what PyTorch itself a
 
 Logits and activations: every element within `RTOL` (1e-4) of the largest reference magnitude.
 
-Gradients: the gradient of a ReLU or max-pool network is discontinuous at ties, and any float32
-forward lands on the other side of a tie within rounding (~1e-6 relative) now and then; the
-flipped unit's gradient change reaches every element of the target that depends on it, and
-through a deep stretch of network that is most of them. Measured against float64 on fresh
-random inputs: at the last feature map of every zoo model, float32 agrees to ~5e-7; at resnet50's
-layer2, with BatchNorm statistics of realistic scale, eager float32 PyTorch itself is off in
-93-97% of the elements (relative L2 error 1.4-2.2e-2), and ONNX Runtime in 89-94% (0.8-2.1e-2).
+Gradients (of the target layers and, when exported, of the input): the gradient of a ReLU or
+max-pool network is discontinuous at ties, and any float32 forward lands on the other side of a
+tie within rounding (~1e-6 relative) now and then; the flipped unit's gradient change reaches
+every element of the target that depends on it, and through a deep stretch of network that is
+most of them. Measured against float64 on fresh random inputs: at the last feature map of every
+zoo model, float32 agrees to ~5e-7; at resnet50's layer2, with BatchNorm statistics of realistic
+scale, eager float32 PyTorch itself is off in 93-97% of the elements (relative L2 error
+1.4-2.2e-2), and ONNX Runtime in 89-94% (0.8-2.1e-2).
 So the criterion is relative to the yardstick: over the batch, the share of gradient elements
 further than 1e-4 (of their image's largest value) from float64 may be at most
 `MAX_FLIP_FRACTION` (0.5%, room for an occasional local flip) plus twice float32 PyTorch's own
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from camrt.exporter.trace import frozen_eval, select_output
+from camrt.manifest import INPUT_GRADIENT
 
 RTOL = 1e-4
 MAX_FLIP_FRACTION = 5e-3
@@ -48,24 +50,25 @@ class Mismatch:
 
 
 def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
-                  output_index: int | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """(oracle, yardstick): logits, used class and per-layer activation and gradient by eager
-    autograd in float64 on a copy (the caller's model is untouched), and in float32 with PyTorch's
-    native kernels. When the model cannot run in float64, the float32 run is the oracle and there
-    is no yardstick."""
+                  output_index: int | None, input_gradient: bool = False,
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(oracle, yardstick): logits, used class and per-layer activation and gradient (and the input
+    gradient when `input_gradient`) by eager autograd in float64 on a copy (the caller's model is
+    untouched), and in float32 with PyTorch's native kernels. When the model cannot run in float64,
+    the float32 run is the oracle and there is no yardstick."""
     with warnings.catch_warnings():  # torch warns about TF32 on Intel GPUs whenever the flags change
         warnings.simplefilter("ignore", UserWarning)
         with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's conv backward is less accurate still
-            f32 = _eager(model, x, class_idx, layers, output_index)
+            f32 = _eager(model, x, class_idx, layers, output_index, input_gradient)
     try:
-        f64 = _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index)
+        f64 = _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index, input_gradient)
     except (RuntimeError, TypeError):  # a model with hard-wired float32 ops (a .pt2 program, for example)
         return f32, None
     return f64, f32
 
 
 def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
-           output_index: int | None) -> dict[str, np.ndarray]:
+           output_index: int | None, input_gradient: bool) -> dict[str, np.ndarray]:
     modules = dict(model.named_modules())
     acts: dict[str, torch.Tensor] = {}
 
@@ -82,14 +85,17 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
             xg = x.clone().requires_grad_(True)  # so every activation is in the autograd graph
             logits = select_output(model(xg), output_index)
             used = torch.where(class_idx == -1, logits.argmax(1), class_idx)
-            grads = torch.autograd.grad(logits[torch.arange(len(used)), used].sum(), [acts[n] for n in layers])
+            wrt = [*(acts[n] for n in layers), *([xg] if input_gradient else [])]
+            grads = torch.autograd.grad(logits[torch.arange(len(used)), used].sum(), wrt)
     finally:
         for h in handles:
             h.remove()
     out = {"logits": logits.detach().numpy(), "class_idx_used": used.numpy()}
-    for n, g in zip(layers, grads, strict=True):
+    for n, g in zip(layers, grads, strict=False):
         out[f"activation.{n}"] = acts[n].detach().numpy()
         out[f"gradient.{n}"] = g.numpy()
+    if input_gradient:
+        out[INPUT_GRADIENT] = grads[-1].numpy()
     return out
 
 
