@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -78,3 +79,69 @@ def test_transposed_convolution_after_target_is_named(tmp_path) -> None:
     with pytest.raises(UnsupportedOpError, match="transposed convolution"):
         camrt.export(model, layers=["0"], path=str(tmp_path / "m.onnx"), input_shape=(1, 3, 8, 8))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- max-pool backward: camrt's scatter-free rule -------------------------------------------------
+
+# (kernel, stride, padding, dilation, ceil_mode) on odd sizes: overlapping windows, windows in the
+# padding, cut by the border (ceil_mode), dilated, and an input row read by no window.
+MAX_POOLS = [
+    (3, 2, 1, 1, False),
+    (3, 2, 1, 1, True),
+    (2, 2, 0, 1, True),
+    ((3, 2), (1, 2), (1, 0), 1, False),
+    (3, 3, 1, 2, True),
+    (2, 3, 0, 1, False),
+]
+
+
+@pytest.mark.parametrize("params", MAX_POOLS, ids=str)
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_max_pool_backward_rule_equals_native(params, ties: bool) -> None:
+    """The rule against PyTorch's native kernel in float64: equal up to the order of additions."""
+    from camrt.exporter.rules import max_pool2d_with_indices_backward
+
+    k, s, p, d, ceil = params
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 13, 11, generator=g, dtype=torch.float64)
+    if ties:  # few distinct values: most windows hold their maximum several times
+        x = x.round()
+    y, idx = torch.nn.functional.max_pool2d(x, k, s, p, d, ceil_mode=ceil, return_indices=True)
+    go = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    args = (list(torch.nn.modules.utils._pair(k)), list(torch.nn.modules.utils._pair(s)),
+            list(torch.nn.modules.utils._pair(p)), list(torch.nn.modules.utils._pair(d)), ceil)
+    native = torch.ops.aten.max_pool2d_with_indices_backward(go, x, *args, idx)
+    ours = max_pool2d_with_indices_backward(go, x, *args, idx)
+    torch.testing.assert_close(ours, native, rtol=1e-12, atol=1e-12)
+
+
+class MaxNet(nn.Module):
+    """Max pools straight on the input (exact ties on integer-valued pixels) and after a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool_in = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)  # 15 → 8
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, stride=1, dilation=2)  # 8 → 6
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.tanh(self.conv(self.pool_in(x)))).mean((2, 3)))
+
+
+def test_max_pool_input_gradient_with_ties_matches_eager(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = MaxNet().eval()
+    path = str(tmp_path / "m.onnx")
+    camrt.export(model, layers=["conv"], path=path, input_shape=(1, 3, 15, 15), input_gradient=True)
+    assert "ScatterElements" not in {n.op_type for n in onnx.load(path).graph.node}
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).integers(-2, 3, size=(3, 3, 15, 15)).astype(np.float32)
+    cls = np.array([-1, 0, 3])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x, "class_idx": cls}), strict=True))
+    ref = eager_cam_outputs(model, x, cls, ["conv"], input_gradient=True)
+    assert_close("gradient.conv", got["gradient.conv"], ref["gradient.conv"])
+    assert_close("gradient.input", got["gradient.input"], ref["gradient.input"])
+    # Ties: only one element of each window gets the gradient, exactly as in PyTorch.
+    assert np.count_nonzero(ref["gradient.input"]) < x.size / 2
+    np.testing.assert_array_equal(got["gradient.input"] != 0, ref["gradient.input"] != 0)

@@ -1,8 +1,9 @@
 """Backward rules that torch has no decomposition for, written as forward ATen ops.
 
 `make_fx` traces the backward pass of the network down to the target activation. Most backward
-ops decompose into forward ops through torch's own tables; the three below are core ATen ops
-with no decomposition, so camrt owns them. Spatial sizes are static at export time (only the
+ops decompose into forward ops through torch's own tables; the first three below are core ATen
+ops with no decomposition, so camrt owns them, and max-pool backward has one that scatters
+(see its rule for why camrt replaces it). Spatial sizes are static at export time (only the
 batch is dynamic), so every padding below is an ordinary Python integer.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch._decomp import core_aten_decompositions, get_decompositions
+from torch._decomp import core_aten_decompositions
 
 aten = torch.ops.aten
 
@@ -126,18 +127,58 @@ def avg_pool2d_backward(
     return _crop_or_pad(full, [ph, pw], [h_in, w_in])
 
 
+def max_pool2d_with_indices_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,  # noqa: A002
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    ceil_mode: bool,
+    indices: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient of 2-d max pooling without a scatter: for each kernel offset, keep the gradient of
+    the windows whose maximum (`indices`, flat positions in the input plane) sits at that offset,
+    then place all offsets at once with a grouped transposed convolution of one-hot kernels,
+    cropped to the input window. Windows sharing a maximum add up, as in the native kernel.
+
+    torch's own decomposition scatters with ScatterElements(reduction=add), which the CUDA and
+    TensorRT providers handle poorly, and it steps aside in deterministic mode; `ceil_mode` only
+    shows in the output size, which `grad_output` carries.
+    """
+    if input.dim() != 4:
+        raise NotImplementedError("max_pool2d backward of an unbatched input")
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride) if len(stride) else (kh, kw)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    h_in, w_in = input.shape[-2:]
+    h_out, w_out = grad_output.shape[-2:]
+    channels = input.shape[-3]
+    # Where offset (a, b) of window (i, j) falls in the flat input plane; -1 in the padding (a flat
+    # index computed there would alias a position of the neighbouring row). One constant, K×h×w.
+    rows = [[i * sh - ph + a * dh for i in range(h_out)] for a in range(kh)]
+    cols = [[j * sw - pw + b * dw for j in range(w_out)] for b in range(kw)]
+    where = [[[r * w_in + c if 0 <= r < h_in and 0 <= c < w_in else -1 for c in cols[b]] for r in rows[a]]
+             for a in range(kh) for b in range(kw)]
+    at_offset = indices.unsqueeze(2) == torch.tensor(where, dtype=indices.dtype)  # N×C×K×h_out×w_out
+    picked = torch.where(at_offset, grad_output.unsqueeze(2), torch.zeros((), dtype=grad_output.dtype))
+    onehot = torch.eye(kh * kw, dtype=grad_output.dtype).reshape(kh * kw, 1, kh, kw).repeat(channels, 1, 1, 1)
+    full = aten.convolution(picked.flatten(1, 2), onehot, None, [sh, sw], [0, 0], [dh, dw], True, [0, 0], channels)
+    return _crop_or_pad(full, [ph, pw], [h_in, w_in])
+
+
 OWN_RULES: dict[torch._ops.OpOverload, Callable] = {
     aten.convolution_backward.default: convolution_backward,
     aten._adaptive_avg_pool2d_backward.default: adaptive_avg_pool2d_backward,
     aten.avg_pool2d_backward.default: avg_pool2d_backward,
+    aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
 }
 
 
 def backward_decompositions() -> dict:
     """The table given to make_fx: torch's decompositions of backward ops only (forward ops stay
-    whole so ONNX Runtime can fuse them as in a plain export), max-pool backward, and camrt's
-    own rules."""
+    whole so ONNX Runtime can fuse them as in a plain export) and camrt's own rules."""
     table = {k: v for k, v in core_aten_decompositions().items() if "backward" in str(k)}
-    table.update(get_decompositions([aten.max_pool2d_with_indices_backward]))
     table.update(OWN_RULES)
     return table
