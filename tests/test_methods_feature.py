@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from camrt.errors import InputError
 from camrt.methods.feature import (
     ablation_count,
+    ablation_explore,
     ablation_inputs,
     ablationcam,
+    ablationpp_count,
+    ablationpp_explore,
     reciprocam,
     reciprocam_count,
+    reciprocam_explore,
     reciprocam_inputs,
 )
 
@@ -60,3 +66,178 @@ def test_generators_check_their_input() -> None:
         next(ablation_inputs(A[None], 2))
     with pytest.raises(InputError, match="chunk"):
         next(reciprocam_inputs(A, 0))
+
+
+# The explore coroutines, driven by hand with a fake tail -------------------------------------------
+
+
+def drive(explore, scorer: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run an explore coroutine as the engine does: (its map, the batches it yielded)."""
+    batches = []
+    try:
+        batch = next(explore)
+        while True:
+            batches.append(batch)
+            batch = explore.send(scorer(batch))
+    except StopIteration as stop:
+        return stop.value, batches
+
+
+def channel_scorer(coefficients: np.ndarray, bias: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A fake tail: ``y = Σ_k c_k mean(A_k) + bias``, row by row in float64 (a copy's score never
+    depends on its batch), so zeroing channel k drops y by exactly ``c_k mean(A_k)``."""
+    c = np.asarray(coefficients, dtype=np.float64)
+    return lambda batch: np.array([float(c @ b.astype(np.float64).reshape(len(c), -1).mean(axis=1)) + bias
+                                   for b in batch])
+
+
+def ablationpp_brute(activation, scorer, base, groups, threshold):
+    """Ablation-CAM++ from its docstring, round by round: (map, runs)."""
+    c = len(activation)
+    means = activation.reshape(c, -1).mean(axis=1)
+    order = sorted(range(c), key=lambda k: (-means[k], k))
+    sizes = [c // groups + (g < c % groups) for g in range(min(groups, c))]
+    pending, start = [], 0
+    for size in sizes:
+        pending.append(order[start:start + size])
+        start += size
+    weights, runs = np.zeros(c), 0
+    while pending:
+        copies = np.repeat(activation[None], len(pending), axis=0)
+        for i, part in enumerate(pending):
+            copies[i, part] = 0
+        drops = (base - scorer(copies)) / base
+        runs += len(pending)
+        top = np.abs(drops).max()
+        nxt = []
+        for part, d in zip(pending, drops, strict=True):
+            if len(part) > 1 and top > 0 and abs(d) >= threshold * top:
+                nxt += [part[:len(part) // 2], part[len(part) // 2:]]
+            else:
+                weights[part] = d / len(part)
+        pending = nxt
+    return np.maximum(np.einsum("c,chw->hw", weights, activation), 0)[None], runs
+
+
+def test_ablationpp_by_hand() -> None:
+    """Channels of constant value 4, 3, 2, 1 (already in mean order), y = A0 − A1 + 2 A2 + ½ A3 + ½ = 6.
+
+    groups=2: {0, 1} drops 1/6, {2, 3} drops 4.5/6. threshold=1 splits only {2, 3}: 4/6, 0.5/6;
+    weights 1/12, 1/12, 2/3, 1/12 → map 4/12 + 3/12 + 4/3 + 1/12 = 2 everywhere, in 4 runs.
+    threshold=0 splits both: the Ablation-CAM weights c_k v_k / 6 → map 15.5/6, in 2 + 4 runs."""
+    act = np.stack([np.full((2, 2), v, np.float32) for v in (4, 3, 2, 1)])
+    scorer = channel_scorer([1, -1, 2, 0.5], 0.5)
+    base = float(scorer(act[None])[0])
+    assert base == 6.0
+    for threshold, value, runs in ((1.0, 2.0, 4), (0.0, 15.5 / 6, 6)):
+        got, batches = drive(ablationpp_explore(act, 8, base, groups=2, threshold=threshold), scorer)
+        np.testing.assert_allclose(got, np.full((1, 2, 2), value), rtol=1e-6)
+        assert sum(map(len, batches)) == runs
+    assert ablationpp_count(act, groups=2) == 6
+
+
+ACT = np.random.default_rng(3).normal(size=(11, 3, 4)).astype(np.float32)
+ACT[4] = 0.0  # a dead channel
+COEF = np.random.default_rng(4).normal(size=11)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 4, 11, 20])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_ablationpp_matches_the_brute_force_recursion(groups: int, threshold: float, chunk: int) -> None:
+    scorer = channel_scorer(COEF, 2.0)
+    base = float(scorer(ACT[None])[0])
+    got, batches = drive(ablationpp_explore(ACT, chunk, base, groups=groups, threshold=threshold), scorer)
+    expected, runs = ablationpp_brute(ACT, scorer, base, groups, threshold)
+    assert all(len(b) <= chunk for b in batches)
+    assert sum(map(len, batches)) == runs <= ablationpp_count(ACT, groups=groups, threshold=threshold)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 5, 11, 16])
+def test_ablationpp_threshold_zero_is_ablationcam_exactly(groups: int) -> None:
+    scorer = channel_scorer(COEF, -1.5)
+    base = float(scorer(ACT[None])[0])
+    plain, plain_batches = drive(ablation_explore(ACT, 4, base), scorer)
+    full, full_batches = drive(ablationpp_explore(ACT, 4, base, groups=groups, threshold=0.0), scorer)
+    np.testing.assert_array_equal(full, plain)
+    # every group split down to single channels: 2C − G runs, the bound `ablationpp_count` gives
+    assert sum(map(len, full_batches)) == 2 * 11 - min(groups, 11) == ablationpp_count(ACT, groups=groups)
+    assert sum(map(len, plain_batches)) == ablation_count(ACT) == 11
+
+
+def test_ablationpp_threshold_one_runs_fewer_copies() -> None:
+    scorer = channel_scorer(COEF, 0.7)
+    base = float(scorer(ACT[None])[0])
+    runs = {t: sum(map(len, drive(ablationpp_explore(ACT, 3, base, groups=4, threshold=t), scorer)[1]))
+            for t in (0.0, 0.5, 1.0)}
+    assert runs[1.0] <= runs[0.5] <= runs[0.0] == ablationpp_count(ACT, groups=4)
+    assert runs[1.0] < runs[0.0]
+    assert runs[1.0] < ablation_count(ACT)  # fewer tail runs than Ablation-CAM's C
+
+
+def test_ablationpp_dead_channels_are_never_split() -> None:
+    act = np.zeros((8, 2, 2), np.float32)
+    act[0] = 1.0
+    scorer = channel_scorer(np.ones(8), 1.0)
+    got, batches = drive(ablationpp_explore(act, 16, 2.0, groups=2, threshold=0.1), scorer)
+    # group {0, 1, 2, 3} (channel 0 leads: highest mean) drops 1/2 and is split down to channel 0;
+    # the dead group {4..7} drops 0 and is not split (any threshold > 0)
+    np.testing.assert_allclose(got, np.full((1, 2, 2), 0.5))
+    assert sum(map(len, batches)) == 2 + 2 + 2  # {0..3}, {4..7}; {0,1}, {2,3}; {0}, {1}
+    # threshold=0 splits every group, dead ones too (|0| ≥ 0 · max): Ablation-CAM's weights, 2C − G runs
+    got, batches = drive(ablationpp_explore(act, 16, 2.0, groups=2, threshold=0.0), scorer)
+    np.testing.assert_allclose(got, np.full((1, 2, 2), 0.5))
+    assert sum(map(len, batches)) == 2 * 8 - 2
+
+
+def test_ablationpp_checks_its_options_and_the_base_score() -> None:
+    for options, message in (({"groups": 0}, "option groups must be a positive integer, got 0"),
+                             ({"groups": 2.0}, "option groups must be a positive integer, got 2.0"),
+                             ({"threshold": 1.5}, "option threshold must be a number in [0, 1], got 1.5"),
+                             ({"threshold": -0.1}, "option threshold must be a number in [0, 1], got -0.1"),
+                             ({"threshold": True}, "option threshold must be a number in [0, 1], got True"),
+                             ({"threshold": "half"}, "option threshold must be a number in [0, 1], got 'half'")):
+        with pytest.raises(InputError) as e:
+            next(ablationpp_explore(ACT, 4, 1.0, **options))
+        assert message in str(e.value)
+    with pytest.raises(InputError, match="exactly 0"):
+        drive(ablationpp_explore(ACT, 4, 0.0), channel_scorer(COEF, 0.0))
+    with pytest.raises(InputError, match="C×h×w"):
+        next(ablationpp_explore(ACT[None], 4, 1.0))
+
+
+def gaussian_mask(h: int, w: int, i: int, j: int) -> np.ndarray:
+    """``[1 2 1; 2 4 2; 1 2 1] / 16`` centred on (i, j), cut at the borders, written out by hand."""
+    m = np.zeros((h, w))
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if 0 <= i + di < h and 0 <= j + dj < w:
+                m[i + di, j + dj] = (2 - abs(di)) * (2 - abs(dj)) / 16
+    return m
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 100])
+def test_reciprocam_gaussian_masks_by_hand(chunk: int) -> None:
+    act = np.random.default_rng(5).normal(size=(2, 3, 4)).astype(np.float32)
+    copies = np.concatenate(list(reciprocam_inputs(act, chunk, kernel="gaussian")))
+    assert len(copies) == reciprocam_count(act, kernel="gaussian") == 12
+    for p in range(12):
+        i, j = divmod(p, 4)
+        np.testing.assert_allclose(copies[p], act * gaussian_mask(3, 4, i, j), rtol=1e-6)
+    # the corner keeps 4/16, 2/16, 2/16, 1/16 of its neighbourhood (the kernel is not renormalised)
+    np.testing.assert_allclose(copies[0] / act, [[[.25, .125, 0, 0], [.125, .0625, 0, 0], [0, 0, 0, 0]]] * 2)
+    np.testing.assert_allclose(copies[5, :, 1, 1] / act[:, 1, 1], 0.25)
+
+
+def test_reciprocam_explore_returns_the_scores_as_the_map() -> None:
+    act = np.random.default_rng(6).normal(size=(2, 3, 4)).astype(np.float32)
+    probabilities = lambda batch: np.array([1 / (1 + np.exp(-float(b.sum()))) for b in batch])  # noqa: E731
+    for kernel in ("onehot", "gaussian"):
+        got, batches = drive(reciprocam_explore(act, 5, 0.0, kernel=kernel), probabilities)
+        np.testing.assert_allclose(got, probabilities(np.concatenate(batches)).reshape(1, 3, 4), rtol=1e-6)
+
+
+def test_reciprocam_rejects_an_unknown_kernel() -> None:
+    with pytest.raises(InputError, match="option kernel must be one of onehot, gaussian, got 'box'"):
+        next(reciprocam_explore(A, 4, 0.0, kernel="box"))
