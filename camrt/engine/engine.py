@@ -191,7 +191,7 @@ class Engine:
         return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
                                  progress, **options)
 
-    def explain_pass(self, p: Pass, method: str = "gradcam", layer: str | Sequence[str] | None = None,
+    def explain_pass(self, p: Pass, /, method: str = "gradcam", layer: str | Sequence[str] | None = None,
                      seed: int = 0, progress: Callable[[int, int], None] | None = None,
                      **options: object) -> Result:
         """`explain` on the outputs of an earlier `forward` (no new run for gradient methods)."""
