@@ -149,8 +149,8 @@ def export(
         mean, std: preprocessing stored in the manifest (per channel, on [0, 1] pixels).
         labels: class names stored in the manifest, one per class.
         input_gradient: add the output `gradient.input` (N×C×H×W, for the same class as the layer
-            gradients), verified like them; the manifest records it. Off by default: the backward
-            pass then also runs through the layers before the first target.
+            gradients), verified like them; the manifest records it. Off by default, as it makes
+            the backward pass run through the layers before the first target too.
 
     Returns:
         The manifest written into the model.
