@@ -171,8 +171,8 @@ def rise_masks(seed: int, n: int, cells: int, p: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("p", [None, 0.3])
 def test_rise_matches_brute_force_eager(stride_net, p: float | None) -> None:
-    """p=None: RISE's default p = 0.5. With p given, this fails while `Engine.explain_pass` names its
-    first parameter `p` too (TypeError: got multiple values for argument 'p')."""
+    """p=None: RISE's default p = 0.5; p given: it reaches the method (`Engine.explain_pass`, whose
+    first parameter is also named p, takes that one positionally only)."""
     model, path = stride_net
     n, cells, seed = 40, 3, 8
     options = {} if p is None else {"p": p}
@@ -321,7 +321,7 @@ def test_options_are_checked_by_name(stride_net) -> None:
 
 
 def test_rise_option_p_reaches_the_method(stride_net) -> None:
-    """Bug: `Engine.explain_pass(self, p, ...)` takes RISE's option p=... as its own first argument."""
+    """Regression: `Engine.explain_pass(self, p, ...)` took RISE's option p=... as its own first argument."""
     engine = Engine(stride_net[1], device="cpu")
     with pytest.raises(camrt.errors.InputError, match="option p must be positive"):
         engine.explain(X, "rise", p=0.0)

@@ -189,11 +189,86 @@ def test_all_methods_on_a_layer_without_a_pooled_head(model_path, engine, images
                                       engine.explain([image], m, layer="layer1").saliency[0])
 
 
-def test_methods_lists_every_method() -> None:
+def test_methods_lists_every_method_and_its_options() -> None:
     result = invoke("methods")
     assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.stdout.splitlines()]
+    lines = result.stdout.splitlines()
+    rows = [line.split() for line in lines if not line.startswith(" ")]
     assert [r[0] for r in rows] == list(METHODS)
     for r, (name, m) in zip(rows, METHODS.items(), strict=True):
         assert r[1] == m.family
         assert " ".join(r[2:]) == " ".join(m.description.split()), name
+    # a method with options is followed by one indented line that lists them with their defaults
+    options = {}
+    for line, following in zip(lines, [*lines[1:], ""], strict=True):
+        if not line.startswith(" "):
+            options[line.split()[0]] = following.strip() if following.startswith(" ") else None
+    for name, m in METHODS.items():
+        expected = f"options: {', '.join(f'{k}={v}' for k, v in m.options.items())}" if m.options else None
+        assert options[name] == expected, name
+    assert options["sscam"] == "options: n=35, sigma=2.0, noise=mask"
+    assert options["rise"] == "options: n=4000, cells=7, p=0.5"
+
+
+def test_explain_with_method_options_and_chunk_size(model_path, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], "-m", "sscam", "-O", "n=2", "-O", "sigma=0.5",
+                    "--chunk-size", "4", "--seed", "3", "-o", out, "--save-npy", "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert result.stderr == ""
+    assert sorted(p.name for p in out.iterdir()) == ["a.sscam.npy", "a.sscam.png"]
+    image, _ = read_image(images["a"])
+    expected = Engine(model_path, device="cpu", chunk_size=4).explain([image], "sscam", seed=3, n=2, sigma=0.5)
+    np.testing.assert_allclose(np.load(out / "a.sscam.npy"), expected.saliency[0], rtol=1e-5, atol=1e-6)
+    other = Engine(model_path, device="cpu").explain([image], "sscam", seed=3)  # the defaults: n=35, σ=2
+    assert not np.allclose(np.load(out / "a.sscam.npy"), other.saliency[0])
+
+
+def test_an_option_goes_to_every_chosen_method_that_takes_it(model_path, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], "-m", "gradcam,sscam,iscam", "-O", "n=2", "-O",
+                    "cumulative=true", "-o", out, "--save-npy", "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    image, _ = read_image(images["a"])
+    engine = Engine(model_path, device="cpu")
+    for name, options in (("sscam", {"n": 2}), ("iscam", {"n": 2, "cumulative": True})):
+        np.testing.assert_allclose(np.load(out / f"a.{name}.npy"), engine.explain([image], name, **options).saliency[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["-m", "sscam", "-O", "bogus=1"], "no chosen method takes option(s) bogus"),
+    (["-m", "gradcam", "-O", "n=2"], "no chosen method takes option(s) n"),
+    (["-m", "sscam", "-O", "n"], "'n' is not NAME=VALUE"),
+    (["-m", "sscam", "--chunk-size", "0"], "chunk_size must be a positive integer, got 0"),
+])
+def test_bad_method_options_are_one_line_errors(model_path, images, tmp_path, args, fragment) -> None:
+    result = invoke("explain", model_path, images["a"], images["b"], "-o", tmp_path / "out", "--device", "cpu", *args)
+    assert result.exit_code == 2, (result.output, result.stderr)
+    (line,) = assert_error_lines(result, 1)
+    assert fragment in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["-m", "sscam", "-O", "n=abc"], "option n must be a positive integer, got 'abc'"),
+    (["-m", "rise", "-O", "p=2"], "option p must be a number in [0.0, 1.0], got 2"),
+    (["-m", "iscam", "-O", "cumulative=maybe"], "option cumulative must be true or false, got 'maybe'"),
+])
+def test_bad_option_values_are_one_line_errors_before_any_run(model_path, images, tmp_path, args, fragment) -> None:
+    """The value is wrong for every image: one error before any work, as for the other options (the
+    commit that added -O says "option values checked before any run")."""
+    result = invoke("explain", model_path, images["a"], images["b"], "-o", tmp_path / "out", "--device", "cpu", *args)
+    assert result.exit_code == 2, (result.output, result.stderr)
+    (line,) = assert_error_lines(result, 1)
+    assert fragment in line, line
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_rise_option_p_from_the_command_line(model_path, images, tmp_path) -> None:
+    """Regression: `-O p=...` reached `Engine.explain_pass(self, p, ...)` as its pass argument (TypeError)."""
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], "-m", "rise", "-O", "n=20", "-O", "p=0.25", "-o", out,
+                    "--save-npy", "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert (out / "a.rise.npy").exists()
