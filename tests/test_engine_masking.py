@@ -15,7 +15,7 @@ from torch import nn
 import camrt
 from camrt.engine import Engine
 from camrt.methods import METHODS
-from tests.test_engine_perturbation import SkipNet, eager_scores
+from tests.test_engine_perturbation import SkipNet
 
 SIZE = (3, 16, 16)
 
@@ -188,6 +188,17 @@ def test_rise_matches_brute_force_eager(stride_net, p: float | None) -> None:
 
 
 # Feature perturbation: Recipro-CAM (Gaussian), Ablation-CAM++ -------------------------------------
+
+
+def eager_scores(model: nn.Module, x: np.ndarray, perturbed: np.ndarray, cls: int, probability: bool) -> np.ndarray:
+    """Class scores of the whole model with the block's output replaced by each perturbed map: one
+    eager batch of copies of the image (x: 1×C×H×W), the block's output swapped by a hook."""
+    handle = model.block.register_forward_hook(lambda m, i, o: torch.from_numpy(np.ascontiguousarray(perturbed)))
+    try:
+        z = class_scores(model, torch.from_numpy(x).expand(len(perturbed), -1, -1, -1), cls, probability)
+    finally:
+        handle.remove()
+    return z.numpy()
 
 
 def gaussian_mask(h: int, w: int, i: int, j: int) -> np.ndarray:
