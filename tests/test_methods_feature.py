@@ -241,3 +241,14 @@ def test_reciprocam_explore_returns_the_scores_as_the_map() -> None:
 def test_reciprocam_rejects_an_unknown_kernel() -> None:
     with pytest.raises(InputError, match="option kernel must be one of onehot, gaussian, got 'box'"):
         next(reciprocam_explore(A, 4, 0.0, kernel="box"))
+
+
+def test_ablationpp_threshold_accepts_numpy_scalars() -> None:
+    """As the masking methods' number options do (sigma, p, blur_sigma take any numpy float):
+    a threshold computed with numpy, e.g. np.float32(0.5), is a number in [0, 1]."""
+    scorer = channel_scorer(COEF, 2.0)
+    base = float(scorer(ACT[None])[0])
+    expected, _ = drive(ablationpp_explore(ACT, 4, base, threshold=0.5), scorer)
+    for threshold in (np.float32(0.5), np.float64(0.5)):
+        got, _ = drive(ablationpp_explore(ACT, 4, base, threshold=threshold), scorer)
+        np.testing.assert_array_equal(got, expected)
