@@ -11,7 +11,7 @@ import numpy as np
 
 from camrt.engine import Engine
 from camrt.errors import CamrtError, InputError
-from camrt.methods import METHODS
+from camrt.methods import METHODS, check_options
 from camrt.visual.overlay import COLORMAPS, grid, overlay, read_image, write_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -87,6 +87,8 @@ def explain_files(
     if unused:
         raise InputError(f"no chosen method takes option(s) {', '.join(sorted(unused))}; `camrt methods` lists "
                          "each method's options")
+    for name in names:  # bad values fail here, once, before any image is read
+        check_options(name, {k: v for k, v in options.items() if k in METHODS[name].options})
     engine.resolve_layers(layer)  # a layer the model lacks fails every image: one error, before any work
     if colormap not in COLORMAPS:
         raise InputError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")

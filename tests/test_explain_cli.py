@@ -252,7 +252,7 @@ def test_bad_method_options_are_one_line_errors(model_path, images, tmp_path, ar
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["-m", "sscam", "-O", "n=abc"], "option n must be a positive integer, got 'abc'"),
-    (["-m", "rise", "-O", "p=2"], "option p must be a number in [0.0, 1.0], got 2"),
+    (["-m", "rise", "-O", "p=2"], "option p must be a number in [0, 1], got 2"),
     (["-m", "iscam", "-O", "cumulative=maybe"], "option cumulative must be true or false, got 'maybe'"),
 ])
 def test_bad_option_values_are_one_line_errors_before_any_run(model_path, images, tmp_path, args, fragment) -> None:

@@ -299,7 +299,7 @@ GRAD = np.ones_like(ACT)
     (sscam_explore, {"n": 0}, "option n must be a positive integer, got 0"),
     (sscam_explore, {"n": 2.5}, "option n must be a positive integer, got 2.5"),
     (sscam_explore, {"n": True}, "option n must be a positive integer, got True"),
-    (sscam_explore, {"sigma": -1.0}, "option sigma must be a number ≥ 0.0, got -1.0"),
+    (sscam_explore, {"sigma": -1.0}, "option sigma must be a number ≥ 0, got -1.0"),
     (sscam_explore, {"sigma": "big"}, "option sigma must be a number"),
     (sscam_explore, {"noise": "both"}, "option noise must be one of mask, input, got 'both'"),
     (iscam_explore, {"n": -3}, "option n must be a positive integer, got -3"),
@@ -309,12 +309,12 @@ GRAD = np.ones_like(ACT)
     (groupcam_explore, {"blur_kernel": 4}, "option blur_kernel must be odd, got 4"),
     (groupcam_explore, {"blur_kernel": 0}, "option blur_kernel must be a positive integer"),
     (groupcam_explore, {"blur_sigma": 0.0}, "option blur_sigma must be positive"),
-    (groupcam_explore, {"blur_sigma": -2}, "option blur_sigma must be a number ≥ 0.0, got -2"),
+    (groupcam_explore, {"blur_sigma": -2}, "option blur_sigma must be a number ≥ 0, got -2"),
     (rise_explore, {"n": 0}, "option n must be a positive integer, got 0"),
     (rise_explore, {"cells": 0}, "option cells must be a positive integer, got 0"),
     (rise_explore, {"p": 0.0}, "option p must be positive"),
-    (rise_explore, {"p": 1.5}, "option p must be a number in [0.0, 1.0], got 1.5"),
-    (rise_explore, {"p": "half"}, "option p must be a number in [0.0, 1.0], got 'half'"),
+    (rise_explore, {"p": 1.5}, "option p must be a number in [0, 1], got 1.5"),
+    (rise_explore, {"p": "half"}, "option p must be a number in [0, 1], got 'half'"),
 ])
 def test_bad_option_values_are_input_errors(explore, options: dict, message: str) -> None:
     needs = {"x": X, "activation": ACT, "chunk": 4}

@@ -15,7 +15,7 @@ from camrt.engine.preprocess import preprocess
 from camrt.engine.session import open_session
 from camrt.errors import InputError
 from camrt.manifest import CLASS_IDX, INPUT, INPUT_GRADIENT, LOGITS, METADATA_KEY, Manifest, activation_name
-from camrt.methods import METHODS, Method, fuse, normalize, upsample
+from camrt.methods import METHODS, Method, check_options, fuse, normalize, upsample
 
 logger = logging.getLogger("camrt")
 
@@ -290,12 +290,8 @@ class Engine:
 
     @staticmethod
     def _options(spec: Method, options: dict) -> dict:
-        """The method's options: its defaults, overridden by `options` (names checked)."""
-        unknown = set(options) - set(spec.options)
-        if unknown:
-            takes = f"it takes {', '.join(sorted(spec.options))}" if spec.options else "it takes no options"
-            raise InputError(f"method '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; {takes}")
-        return {**spec.options, **options}
+        """The method's options: its defaults, overridden by `options` (names and values checked)."""
+        return check_options(spec.name, options)
 
     def _check_input_gradient(self, spec: Method) -> None:
         if spec.input_gradient and not self.manifest.input_gradient:

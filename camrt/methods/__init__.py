@@ -28,15 +28,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from camrt.errors import InputError
 from camrt.methods._core import combine, normalize, relu, upsample
 from camrt.methods.eigen import eigencam, eigengradcam
 from camrt.methods.feature import (
     ablation_count,
     ablation_explore,
     ablationcam,
+    ablationpp_check,
     ablationpp_count,
     ablationpp_explore,
     reciprocam,
+    reciprocam_check,
     reciprocam_count,
     reciprocam_explore,
 )
@@ -53,23 +56,29 @@ from camrt.methods.gradient import (
     xgradcam,
 )
 from camrt.methods.masking import (
+    groupcam_check,
     groupcam_count,
     groupcam_explore,
+    iscam_check,
     iscam_count,
     iscam_explore,
+    rise_check,
     rise_count,
     rise_explore,
     scorecam,
     scorecam_count,
     scorecam_explore,
+    sscam_check,
     sscam_count,
     sscam_explore,
 )
-from camrt.methods.optimisation import opticam_count, opticam_explore
+from camrt.methods.optimisation import opticam_check, opticam_count, opticam_explore
 from camrt.methods.sampled import (
     integratedgradcam,
+    integratedgradcam_check,
     integratedgradcam_samples,
     smoothgradcampp,
+    smoothgradcampp_check,
     smoothgradcampp_samples,
 )
 
@@ -83,7 +92,8 @@ class Method:
     Attributes:
         name: the key in `METHODS`, as typed on the command line.
         fn: the map function (signature set by `family`, see the module docstring); for
-            perturbation methods, the function of the scores that `explore` ends with.
+            perturbation methods, the function of the scores that `explore` ends with, or the
+            `explore` coroutine itself when the map is built while the scores arrive.
         description: one line, shown by ``camrt methods``.
         paper: URL of the paper (or of the reference implementation when there is no paper).
         family: ``"gradient"``, ``"sampled"``, ``"feature"`` or ``"input"``.
@@ -96,6 +106,8 @@ class Method:
         uses_gradient: False when the method ignores the gradient, so a forward-only run is enough.
         explore, count: for perturbation methods, the coroutine and the bound on its copies.
         score: which class score the perturbed copies are judged by: "logit" or "probability".
+        check: ``check(**options) -> options`` raises InputError for a bad option value, so that a
+            caller fails before any run (`check_options`).
         input_gradient: the `explore` coroutine is sent ``(scores, ∂y_c/∂input)`` for each batch of
             inputs, which needs a model exported with ``input_gradient=True`` (Opti-CAM).
     """
@@ -113,6 +125,7 @@ class Method:
     count: Callable[..., int] | None = None
     score: Literal["logit", "probability"] = "logit"
     input_gradient: bool = False
+    check: Callable[..., dict] | None = None
 
 
 def _opts(**kw: Any) -> Mapping[str, Any]:
@@ -153,11 +166,11 @@ METHODS: dict[str, Method] = {
     "smoothgradcam++": Method(
         "smoothgradcam++", smoothgradcampp, "Grad-CAM++ with gradient powers averaged over noisy copies",
         "https://arxiv.org/abs/1908.01224", "sampled", samples=smoothgradcampp_samples,
-        options=_opts(n=4, sigma=0.3)),
+        options=_opts(n=4, sigma=0.3), check=smoothgradcampp_check),
     "integratedgradcam": Method(
         "integratedgradcam", integratedgradcam, "Grad-CAM terms integrated along the path from a black image",
         "https://arxiv.org/abs/2102.07805", "sampled", samples=integratedgradcam_samples,
-        options=_opts(steps=20), needs=("baseline",)),
+        options=_opts(steps=20), needs=("baseline",), check=integratedgradcam_check),
     "ablationcam": Method(
         "ablationcam", ablationcam, "Relative drop of the class score when each channel is zeroed (tail re-runs)",
         "https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_"
@@ -166,11 +179,13 @@ METHODS: dict[str, Method] = {
     "ablationcam++": Method(
         "ablationcam++", ablationpp_explore, "Ablation-CAM on channel groups, split recursively where they matter",
         "https://ieeexplore.ieee.org/document/9897876", "feature", uses_gradient=False,
-        explore=ablationpp_explore, count=ablationpp_count, needs=("base",), options=_opts(groups=16, threshold=0.5)),
+        explore=ablationpp_explore, count=ablationpp_count, needs=("base",), options=_opts(groups=16, threshold=0.5),
+        check=ablationpp_check),
     "reciprocam": Method(
         "reciprocam", reciprocam, "Class probability of each position's features alone (tail re-runs)",
         "https://arxiv.org/abs/2209.14074", "feature", uses_gradient=False, explore=reciprocam_explore,
-        count=reciprocam_count, score="probability", needs=("base",), options=_opts(kernel="onehot")),
+        count=reciprocam_count, score="probability", needs=("base",), options=_opts(kernel="onehot"),
+        check=reciprocam_check),
     "scorecam": Method(
         "scorecam", scorecam, "Softmax over channels of the class score of the input masked by each channel",
         "https://arxiv.org/abs/1910.01279", "input", uses_gradient=False, explore=scorecam_explore,
@@ -178,27 +193,44 @@ METHODS: dict[str, Method] = {
     "sscam": Method(
         "sscam", sscam_explore, "Score-CAM with scores averaged over noisy masks",
         "https://arxiv.org/abs/2006.14255", "input", uses_gradient=False, explore=sscam_explore,
-        count=sscam_count, needs=("x", "seed"), options=_opts(n=35, sigma=2.0, noise="mask")),
+        count=sscam_count, needs=("x", "seed"), options=_opts(n=35, sigma=2.0, noise="mask"), check=sscam_check),
     "iscam": Method(
         "iscam", iscam_explore, "Score-CAM with scores integrated over masks scaled from 0 to 1",
         "https://arxiv.org/abs/2010.03023", "input", uses_gradient=False, explore=iscam_explore,
-        count=iscam_count, needs=("x",), options=_opts(n=10, cumulative=False)),
+        count=iscam_count, needs=("x",), options=_opts(n=10, cumulative=False), check=iscam_check),
     "groupcam": Method(
         "groupcam", groupcam_explore, "Gradient-weighted channel groups scored as masks over a blurred input",
         "https://arxiv.org/abs/2103.13859", "input", explore=groupcam_explore, count=groupcam_count,
-        score="probability", needs=("x", "gradient"), options=_opts(groups=32, blur_kernel=51, blur_sigma=50.0)),
+        score="probability", needs=("x", "gradient"), options=_opts(groups=32, blur_kernel=51, blur_sigma=50.0),
+        check=groupcam_check),
     "rise": Method(
         "rise", rise_explore, "Class probability under random smooth masks, averaged per pixel (model-agnostic)",
         "https://arxiv.org/abs/1806.07421", "input", uses_gradient=False, explore=rise_explore, count=rise_count,
-        score="probability", needs=("x", "seed"), options=_opts(n=4000, cells=7, p=0.5)),
+        score="probability", needs=("x", "seed"), options=_opts(n=4000, cells=7, p=0.5), check=rise_check),
     "opticam": Method(
         "opticam", opticam_explore, "Channel weights optimised (Adam) to maximise the class score of the masked input",
         "https://arxiv.org/abs/2301.07002", "input", uses_gradient=False, explore=opticam_explore,
-        count=opticam_count, needs=("x",), options=_opts(steps=100, lr=0.1), input_gradient=True),
+        count=opticam_count, needs=("x",), options=_opts(steps=100, lr=0.1), input_gradient=True,
+        check=opticam_check),
 }
+
+def check_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options `method` runs with: its defaults overridden by `options`, every name and value
+    checked (InputError saying which and why), so that a caller can fail before any run."""
+    spec = METHODS[method]
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(spec.options))}" if spec.options else "it takes no options"
+        raise InputError(f"method '{method}' has no option(s) {', '.join(sorted(unknown))}; {takes}")
+    merged = {**spec.options, **options}
+    if spec.check is not None:
+        spec.check(**merged)
+    return merged
+
 
 __all__ = [
     "METHODS",
+    "check_options",
     "ablationcam",
     "reciprocam",
     "scorecam",

@@ -186,3 +186,29 @@ def check_count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"option {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_number(value: object, name: str, low: float = 0.0, high: float | None = None,
+                 positive: bool = False) -> float:
+    """`value` as a float in [low, high] (and > 0 with `positive`), or an InputError naming the option."""
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+    if not ok or not (value >= low and (high is None or value <= high)):
+        bound = f"in [{low:g}, {high:g}]" if high is not None else f"≥ {low:g}"
+        raise InputError(f"option {name} must be a number {bound}, got {value!r}")
+    if positive and value == 0:
+        raise InputError(f"option {name} must be positive, got {value!r}")
+    return float(value)
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """`value` if it is one of `choices`, or an InputError listing them."""
+    if value not in choices:
+        raise InputError(f"option {name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def check_flag(value: object, name: str) -> bool:
+    """`value` as a bool (True/False only), or an InputError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"option {name} must be true or false, got {value!r}")
+    return bool(value)

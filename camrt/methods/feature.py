@@ -21,7 +21,7 @@ from collections.abc import Generator, Iterator
 import numpy as np
 
 from camrt.errors import InputError
-from camrt.methods._core import check_chunk, check_count, combine, relu, scores_of
+from camrt.methods._core import check_choice, check_chunk, check_count, check_number, combine, relu, scores_of
 
 Explore = Generator[np.ndarray, np.ndarray, np.ndarray]
 
@@ -91,11 +91,9 @@ def ablationpp_count(activation: np.ndarray, groups: int = 16, threshold: float 
     return int(min(g, c) + 2 * max(c - min(g, c), 0))
 
 
-def _check_ablationpp(activation: np.ndarray, groups: object, threshold: object) -> tuple[int, float]:
-    groups = check_count(groups, "groups")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise InputError(f"option threshold must be a number in [0, 1], got {threshold!r}")
-    return groups, float(threshold)
+def ablationpp_check(groups: object = 16, threshold: object = 0.5) -> dict:
+    """Ablation-CAM++'s options, checked (InputError naming the bad one)."""
+    return {"groups": check_count(groups, "groups"), "threshold": check_number(threshold, "threshold", 0.0, 1.0)}
 
 
 def ablationpp_explore(activation: np.ndarray, chunk: int, base: float, groups: int = 16,
@@ -116,8 +114,9 @@ def ablationpp_explore(activation: np.ndarray, chunk: int, base: float, groups: 
        that group's channels: ``w_k = d_g / |g|``; the map is ``ReLU(Σ_k w_k A_k)``.
 
     ``threshold=0`` splits every group down to single channels: exactly Ablation-CAM, with more
-    runs; ``threshold=1`` refines only the most important group of each round. All-zero channels
-    (half of a ReLU layer, often) end in a group whose drop is 0 and are never split.
+    runs; ``threshold=1`` refines only the most important group of each round. With a threshold
+    above 0, all-zero channels (half of a ReLU layer, often) end in a group whose drop is 0 and
+    are never split.
 
     Paper: https://ieeexplore.ieee.org/document/9897876 (Ablation-CAM++, ICIP 2022)
 
@@ -132,7 +131,7 @@ def ablationpp_explore(activation: np.ndarray, chunk: int, base: float, groups: 
         Saliency map ``(1, h, w)`` after ReLU.
     """
     _check(activation, chunk)
-    groups, threshold = _check_ablationpp(activation, groups, threshold)
+    groups, threshold = ablationpp_check(groups, threshold).values()
     c = activation.shape[0]
     order = np.argsort(-activation.reshape(c, -1).mean(axis=1), kind="stable")
     pending = [part for part in np.array_split(order, min(groups, c)) if len(part)]
@@ -159,6 +158,11 @@ _KERNELS = {
 }
 
 
+def reciprocam_check(kernel: object = "onehot") -> dict:
+    """Recipro-CAM's option, checked."""
+    return {"kernel": check_choice(kernel, "kernel", tuple(_KERNELS))}
+
+
 def reciprocam_count(activation: np.ndarray, kernel: str = "onehot") -> int:
     return int(activation.shape[1] * activation.shape[2])
 
@@ -168,9 +172,7 @@ def reciprocam_inputs(activation: np.ndarray, chunk: int, kernel: str = "onehot"
     (i, j) in copy i·w + j, the activation multiplied by the kernel centred there (one-hot: that
     position's features alone; Gaussian: the 3×3 kernel, cut at the borders), zeros elsewhere."""
     _check(activation, chunk)
-    if kernel not in _KERNELS:
-        raise InputError(f"option kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
-    k = _KERNELS[kernel]
+    k = _KERNELS[reciprocam_check(kernel)["kernel"]]
     r = k.shape[0] // 2
     c, h, w = activation.shape
     for start in range(0, h * w, chunk):

@@ -19,7 +19,18 @@ from collections.abc import Generator, Iterator
 import numpy as np
 
 from camrt.errors import InputError
-from camrt.methods._core import check_chunk, check_count, combine, normalize, relu, scores_of, upsample
+from camrt.methods._core import (
+    check_choice,
+    check_chunk,
+    check_count,
+    check_flag,
+    check_number,
+    combine,
+    normalize,
+    relu,
+    scores_of,
+    upsample,
+)
 
 Explore = Generator[np.ndarray, np.ndarray, np.ndarray]
 
@@ -30,14 +41,6 @@ def _check(x: np.ndarray, activation: np.ndarray, chunk: int) -> None:
     if x.ndim != 3:
         raise InputError(f"an input-masking method takes one image C×H×W, got {x.shape}")
     check_chunk(chunk)
-
-
-def _check_number(value: object, name: str, low: float = 0.0, high: float | None = None) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating)) and value >= low
-    if not ok or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f"≥ {low}"
-        raise InputError(f"option {name} must be a number {bound}, got {value!r}")
-    return float(value)
 
 
 def _constant_channels(activation: np.ndarray) -> np.ndarray:
@@ -122,6 +125,12 @@ def scorecam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, base: fl
 _NOISE = ("mask", "input")
 
 
+def sscam_check(n: object = 35, sigma: object = 2.0, noise: object = "mask") -> dict:
+    """SS-CAM's options, checked."""
+    return {"n": check_count(n, "n"), "sigma": check_number(sigma, "sigma"),
+            "noise": check_choice(noise, "noise", _NOISE)}
+
+
 def sscam_count(activation: np.ndarray, n: int = 35, sigma: float = 2.0, noise: str = "mask") -> int:
     return int(activation.shape[0]) * check_count(n, "n")
 
@@ -156,10 +165,7 @@ def sscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, 
         Saliency map ``(1, h, w)`` after ReLU.
     """
     _check(x, activation, chunk)
-    n = check_count(n, "n")
-    sigma = _check_number(sigma, "sigma")
-    if noise not in _NOISE:
-        raise InputError(f"option noise must be one of {', '.join(_NOISE)}, got {noise!r}")
+    n, sigma, noise = sscam_check(n, sigma, noise).values()
     c = activation.shape[0]
     rng = np.random.default_rng(seed)
 
@@ -187,6 +193,11 @@ def sscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, 
 def _iscam_scales(n: int, cumulative: bool) -> np.ndarray:
     scales = np.arange(1, n + 1) / n
     return np.cumsum(scales) if cumulative else scales
+
+
+def iscam_check(n: object = 10, cumulative: object = False) -> dict:
+    """IS-CAM's options, checked."""
+    return {"n": check_count(n, "n"), "cumulative": check_flag(cumulative, "cumulative")}
 
 
 def iscam_count(activation: np.ndarray, n: int = 10, cumulative: bool = False) -> int:
@@ -217,10 +228,8 @@ def iscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, n: int = 10
         Saliency map ``(1, h, w)`` after ReLU.
     """
     _check(x, activation, chunk)
-    n = check_count(n, "n")
-    if not isinstance(cumulative, (bool, np.bool_)):
-        raise InputError(f"option cumulative must be true or false, got {cumulative!r}")
-    scales = _iscam_scales(n, bool(cumulative)).astype(np.float32)
+    n, cumulative = iscam_check(n, cumulative).values()
+    scales = _iscam_scales(n, cumulative).astype(np.float32)
     sources = np.flatnonzero(~_constant_channels(activation))
     m = len(sources)
 
@@ -255,6 +264,15 @@ def gaussian_blur(x: np.ndarray, kernel: int = 51, sigma: float = 50.0) -> np.nd
     return sum(k[i] * rows[:, :, i:i + x.shape[2]] for i in range(kernel)).astype(x.dtype)
 
 
+def groupcam_check(groups: object = 32, blur_kernel: object = 51, blur_sigma: object = 50.0) -> dict:
+    """Group-CAM's options, checked."""
+    blur_kernel = check_count(blur_kernel, "blur_kernel")
+    if blur_kernel % 2 == 0:
+        raise InputError(f"option blur_kernel must be odd, got {blur_kernel}")
+    return {"groups": check_count(groups, "groups"), "blur_kernel": blur_kernel,
+            "blur_sigma": check_number(blur_sigma, "blur_sigma", positive=True)}
+
+
 def groupcam_count(activation: np.ndarray, groups: int = 32, blur_kernel: int = 51,
                    blur_sigma: float = 50.0) -> int:
     return min(check_count(groups, "groups"), int(activation.shape[0])) + 1
@@ -284,13 +302,7 @@ def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray
         Saliency map ``(1, H, W)`` (non-negative).
     """
     _check(x, activation, chunk)
-    groups = check_count(groups, "groups")
-    blur_kernel = check_count(blur_kernel, "blur_kernel")
-    if blur_kernel % 2 == 0:
-        raise InputError(f"option blur_kernel must be odd, got {blur_kernel}")
-    blur_sigma = _check_number(blur_sigma, "blur_sigma")
-    if blur_sigma == 0:
-        raise InputError("option blur_sigma must be positive")
+    groups, blur_kernel, blur_sigma = groupcam_check(groups, blur_kernel, blur_sigma).values()
     if gradient.shape != activation.shape:
         raise InputError(f"gradient {gradient.shape} must have the activation's shape {activation.shape}")
     alpha = gradient.reshape(len(gradient), -1).mean(axis=1)
@@ -315,6 +327,12 @@ def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray
 
 
 # RISE --------------------------------------------------------------------------------------------
+
+
+def rise_check(n: object = 4000, cells: object = 7, p: object = 0.5) -> dict:
+    """RISE's options, checked."""
+    return {"n": check_count(n, "n"), "cells": check_count(cells, "cells"),
+            "p": check_number(p, "p", 0.0, 1.0, positive=True)}
 
 
 def rise_count(activation: np.ndarray, n: int = 4000, cells: int = 7, p: float = 0.5) -> int:
@@ -349,11 +367,7 @@ def rise_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n
         Saliency map ``(1, H, W)``.
     """
     _check(x, activation, chunk)
-    n = check_count(n, "n")
-    cells = check_count(cells, "cells")
-    p = _check_number(p, "p", 0.0, 1.0)
-    if p == 0:
-        raise InputError("option p must be positive: with p = 0 every mask is empty")
+    n, cells, p = rise_check(n, cells, p).values()
     h, w = x.shape[1:]
     ch, cw = -(-h // cells), -(-w // cells)
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from collections.abc import Generator
 import numpy as np
 
 from camrt.errors import InputError
-from camrt.methods._core import _interpolation_taps, check_chunk, check_count, upsample
+from camrt.methods._core import _interpolation_taps, check_chunk, check_count, check_number, upsample
 
 Explore = Generator[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]
 
@@ -69,6 +69,11 @@ def opticam_gradient(activation: np.ndarray, u: np.ndarray, x: np.ndarray, input
     return w * (g_w - (w * g_w).sum())
 
 
+def opticam_check(steps: object = 100, lr: object = 0.1) -> dict:
+    """Opti-CAM's options, checked."""
+    return {"steps": check_count(steps, "steps"), "lr": check_number(lr, "lr", positive=True)}
+
+
 def opticam_count(activation: np.ndarray, steps: int = 100, lr: float = 0.1) -> int:
     return check_count(steps, "steps")
 
@@ -99,9 +104,7 @@ def opticam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, steps: in
     if activation.ndim != 3 or x.ndim != 3:
         raise InputError(f"Opti-CAM takes one image C×H×W and its activation C×h×w, got {x.shape} and "
                          f"{activation.shape}")
-    steps = check_count(steps, "steps")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-        raise InputError(f"option lr must be a positive number, got {lr!r}")
+    steps, lr = opticam_check(steps, lr).values()
     a = activation.astype(np.float64)
     u = np.zeros(len(a))
     m1, m2 = np.zeros_like(u), np.zeros_like(u)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from camrt.errors import InputError
-from camrt.methods._core import check_pair, check_samples, combine, relu
+from camrt.methods._core import check_count, check_number, check_pair, check_samples, combine, relu
 from camrt.methods.gradient import gradcampp_weights
 
 
@@ -28,6 +28,19 @@ def _check_input(x: np.ndarray) -> None:
     if not isinstance(x, np.ndarray) or x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
         got = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise InputError(f"x must be a floating array of shape (N, C, H, W), got {got}")
+
+
+def smoothgradcampp_check(n: object = 4, sigma: object = 0.3) -> dict:
+    """Smooth Grad-CAM++'s options, checked."""
+    return {"n": check_count(n, "n"), "sigma": check_number(sigma, "sigma")}
+
+
+def integratedgradcam_check(steps: object = 20) -> dict:
+    """Integrated Grad-CAM's option, checked."""
+    steps = check_count(steps, "steps")
+    if steps < 2:
+        raise InputError(f"option steps must be ≥ 2 (with 1 step Integrated Grad-CAM is Grad-CAM), got {steps}")
+    return {"steps": steps}
 
 
 def smoothgradcampp_samples(x: np.ndarray, rng: np.random.Generator, *, n: int = 4, sigma: float = 0.3) -> np.ndarray:
