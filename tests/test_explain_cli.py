@@ -272,3 +272,23 @@ def test_rise_option_p_from_the_command_line(model_path, images, tmp_path) -> No
                     "--save-npy", "--device", "cpu")
     assert result.exit_code == 0, (result.output, result.stderr)
     assert (out / "a.rise.npy").exists()
+
+
+def test_ctrl_c_during_a_perturbation_method_exits_130_with_one_line(model_path, images, tmp_path,
+                                                                     monkeypatch) -> None:
+    """Ctrl-C arrives while the network re-runs: the first image's files stay, no traceback, exit 130."""
+    runs = {"n": 0}
+    original = Engine._perturbation_map
+
+    def interrupted(self, *args, **kwargs):
+        runs["n"] += 1
+        if runs["n"] == 2:  # the second image
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_perturbation_map", interrupted)
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], images["c"], "-m", "ablationcam", "-o", out)
+    assert result.exit_code == 130, (result.output, result.exception)
+    assert result.stderr.splitlines() == ["camrt: interrupted"] and "Traceback" not in result.output
+    assert (out / "a.ablationcam.png").is_file() and not (out / "c.ablationcam.png").exists()
