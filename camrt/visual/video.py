@@ -2,10 +2,10 @@
 `explain_video`, the pipeline behind `camrt video`.
 
 The pipeline runs three stages at once, joined by bounded queues, so memory stays flat on
-endless streams: a decode thread (read, and resize to the output size), the calling thread
-(preprocess, one graph run per batch of frames, the map, the overlay; and the window with
-`show`), and an encode thread (write). OpenCV and ONNX Runtime release the GIL, so the stages
-overlap on separate cores.
+endless streams: a decode thread (read, resize to the output size, preprocess for the model),
+the calling thread (one graph run per batch of frames, the map; with `show` also the overlay
+and the window, which belong to it), and an encode thread (overlay, write). OpenCV and ONNX
+Runtime release the GIL, so the stages overlap.
 """
 
 from __future__ import annotations
@@ -186,9 +186,11 @@ def _check_frame_args(engine: Engine, method: str, batch: int, layer: str | Sequ
     return spec
 
 
-def _explain_frames(engine: Engine, frames: Iterator[np.ndarray], spec: Method, batch: int,
+def _explain_frames(engine: Engine, frames: Iterator, spec: Method, batch: int,
                     layer: str | Sequence[str] | None, class_idx: int | None, smoothing: float, seed: int,
-                    bgr: bool, options: dict) -> Iterator[FrameResult]:
+                    bgr: bool, options: dict, prepared: bool = False) -> Iterator[FrameResult]:
+    """`explain_frames` after its checks; with `prepared`, `frames` yields (frame, its model input
+    C×H×W) pairs, preprocessed elsewhere (the pipeline's decode thread)."""
     prep = engine.manifest.preprocessing
     labels = engine.manifest.labels
     state: np.ndarray | None = None
@@ -196,8 +198,12 @@ def _explain_frames(engine: Engine, frames: Iterator[np.ndarray], spec: Method, 
     index = 0
     while chunk := list(itertools.islice(frames, batch)):
         t0 = time.perf_counter()
-        chunk = [_check_frame(f, index + i) for i, f in enumerate(chunk)]
-        x = prepare_frames(chunk, engine.input_size, prep.mean, prep.std, bgr)
+        if prepared:
+            x = np.stack([row for _, row in chunk])
+            chunk = [f for f, _ in chunk]
+        else:
+            chunk = [_check_frame(f, index + i) for i, f in enumerate(chunk)]
+            x = prepare_frames(chunk, engine.input_size, prep.mean, prep.std, bgr)
         t1 = time.perf_counter()
         p = engine.forward(x, class_idx, gradient=spec.uses_gradient)
         r = engine.explain_pass(p, spec.name, layer, seed, **options)
@@ -416,9 +422,10 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
 
 
 def _decode(frames: Iterator[np.ndarray], q: queue.Queue, stop: threading.Event, size: tuple[int, int] | None,
-            stats: dict) -> None:
-    """The decode thread: frames (resized to `size`, else to the first frame's size) into `q`, then
-    `_END`; an exception is passed on through the queue."""
+            engine: Engine, stats: dict) -> None:
+    """The decode thread: frames (resized to `size`, else to the first frame's size) and their model
+    inputs into `q`, then `_END`; an exception is passed on through the queue."""
+    prep = engine.manifest.preprocessing
     try:
         for frame in frames:
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
@@ -429,8 +436,11 @@ def _decode(frames: Iterator[np.ndarray], q: queue.Queue, stop: threading.Event,
                 stats["resized"] += 1
             t = time.perf_counter()
             frame = resize_frame(frame, size or stats["first"])
-            stats["decode"] += time.perf_counter() - t
-            if not _put(q, frame, stop):
+            t1 = time.perf_counter()
+            row = prepare_frames([frame], engine.input_size, prep.mean, prep.std)[0]
+            stats["decode"] += t1 - t
+            stats["preprocess"] += time.perf_counter() - t1
+            if not _put(q, (frame, row), stop):
                 return
     except BaseException as e:  # noqa: BLE001 - handed to the calling thread, which raises it
         _put(q, e, stop)
@@ -524,7 +534,7 @@ def explain_video(
             default, with a fallback when unavailable (see `open_writer`).
         timeout: seconds to wait for the first frame, and for any later one, before giving up.
         progress: called as progress(frames explained, expected total or None, seconds since the
-            first frame) after each frame; raising from it stops the run like Ctrl-C does.
+            run started) after each frame; raising from it stops the run like Ctrl-C does.
         Others: as for `explain_frames` and `render`.
 
     Returns:
@@ -550,14 +560,15 @@ def explain_video(
         raise InputError(f"fps must be positive, got {fps}")
     spec = _check_frame_args(engine, method, batch, layer, class_idx, smoothing)  # before a source is opened
     if show:
-        try:
+        try:  # probe only: imshow opens the window again
             cv2.namedWindow("camrt", cv2.WINDOW_NORMAL)
+            cv2.destroyWindow("camrt")
         except cv2.error:
             raise InputError("showing a window needs OpenCV with GUI support (pip install opencv-python; "
                              "this build is headless)") from None
 
-    stats: dict = {"read": 0, "decode": 0.0, "overlay": 0.0, "encode": 0.0, "written": 0, "first": None,
-                   "resized": 0, "error": None}
+    stats: dict = {"read": 0, "decode": 0.0, "preprocess": 0.0, "overlay": 0.0, "encode": 0.0, "written": 0,
+                   "first": None, "resized": 0, "error": None}
     if isinstance(source, (str, int, os.PathLike)):
         cap, kind = open_capture(source, timeout)
         name = str(source)
@@ -579,7 +590,7 @@ def explain_video(
     stop = threading.Event()
     decoded: queue.Queue = queue.Queue(maxsize=2 * batch)
     rendered: queue.Queue = queue.Queue(maxsize=2 * batch)
-    decoder = threading.Thread(target=_decode, args=(frames, decoded, stop, size, stats), daemon=True,
+    decoder = threading.Thread(target=_decode, args=(frames, decoded, stop, size, engine, stats), daemon=True,
                                name="camrt-decode")
     encoder: threading.Thread | None = None
     writer = None
@@ -592,7 +603,7 @@ def explain_video(
     try:
         decoder.start()
         results = _explain_frames(engine, _queued(decoded, timeout, name, stats), spec, batch, layer, class_idx,
-                                  float(smoothing), 0, True, {})
+                                  float(smoothing), 0, True, {}, prepared=True)
         for r in results:
             for k, v in r.seconds.items():
                 seconds[k] += v
@@ -649,6 +660,7 @@ def explain_video(
             summary.notes.append(f"{stats['resized']} frames differed in size from the first "
                                  f"({stats['first'][0]}×{stats['first'][1]}) and were resized to it")
         seconds["overlay"] += stats["overlay"]
+        seconds["preprocess"] += stats["preprocess"]  # in the decode thread; the stacking of batches here
         summary.seconds = {"decode": stats["decode"], **seconds, "encode": stats["encode"],
                            "total": time.perf_counter() - start}
     return summary
