@@ -286,7 +286,8 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
     from camrt.engine import Engine
     from camrt.visual.video import VideoInterrupted, explain_video
 
-    engine = Engine(model, device=device)
+    # Decode and encode threads share the cores with the model: its threads must not spin between runs.
+    engine = Engine(model, device=device, spinning=False)
     layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
     click.echo(f"{Path(model).name}: provider {engine.provider}; {method}, batch {batch}")
     last = [0.0]

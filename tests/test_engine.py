@@ -418,3 +418,12 @@ def test_image_conversions(engine, images) -> None:
     np.testing.assert_array_equal(r.saliency[2], r.saliency[0])
     np.testing.assert_allclose(r.saliency[3], r.saliency[0], atol=1e-3)
     assert np.abs(r.saliency[1] - r.saliency[0]).max() > 1e-3  # gray is another image
+
+
+def test_spinning_off_gives_the_same_results(engine, model_path, x) -> None:
+    quiet = Engine(model_path, device="cpu", spinning=False)
+    entry = "session.intra_op.allow_spinning"
+    assert quiet._session.get_session_options().get_session_config_entry(entry) == "0"
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default, spinning
+        engine._session.get_session_options().get_session_config_entry(entry)
+    np.testing.assert_array_equal(quiet.explain(x, "gradcam").saliency, engine.explain(x, "gradcam").saliency)

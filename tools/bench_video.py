@@ -12,10 +12,10 @@ torchvision resnet18 (layer4), and for each model and batch size times, in alter
       on the same frames, decoded and preprocessed beforehand, in batches of B;
   (f) forward only, for information: `Engine.forward(x, gradient=False)` (no gradient branch).
 It prints frames per second of each and the ratio p/i, the pipeline's cost over inference alone
-(target: at most 1.20). The engine's session lets its worker threads spin between runs (right
-for inference alone); the last columns repeat (p) and (i) with an engine whose sessions do not
-spin (`open_session(spinning=False)`, patched in here, measurement only), since spinning threads
-take the cores from the decode and encode threads.
+(target: at most 1.20). The first columns use an engine whose session threads spin between runs
+(ONNX Runtime's default, right for inference alone); the last columns repeat (p) and (i) with
+`Engine(..., spinning=False)`, which `camrt video` uses, since spinning threads take the cores
+from the decode and encode threads.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import camrt  # noqa: E402
-import camrt.engine.engine as engine_module  # noqa: E402
 from camrt.engine import Engine  # noqa: E402
 from camrt.visual.video import explain_video, prepare_frames  # noqa: E402
 
@@ -100,13 +99,8 @@ def time_inference(engine: Engine, batches: list[np.ndarray], gradient: bool) ->
 
 
 def quiet_engine(path: Path) -> Engine:
-    """An Engine whose sessions do not spin between runs (measurement only)."""
-    real = engine_module.open_session
-    engine_module.open_session = lambda model, device="cpu", spinning=True: real(model, device, spinning=False)
-    try:
-        return Engine(path, device="cpu", chunk_size=64)
-    finally:
-        engine_module.open_session = real
+    """An Engine whose sessions do not spin between runs (what `camrt video` uses)."""
+    return Engine(path, device="cpu", chunk_size=64, spinning=False)
 
 
 def best_of(engine: Engine, clip: Path, out: Path, batches: list[np.ndarray], batch: int, rounds: int,
