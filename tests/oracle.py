@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -98,3 +99,56 @@ def eager_float32_gradients(model: torch.nn.Module, x: np.ndarray, class_idx: np
     if input_gradient:
         out["gradient.input"] = grads[-1].numpy()
     return out
+
+
+# Perturbation methods: a harness for their explore coroutines and brute-force definitions.
+
+
+def drive(explore, scorer: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run an explore coroutine as the engine does: (its map, the batches it yielded)."""
+    batches = []
+    try:
+        batch = next(explore)
+        while True:
+            batches.append(batch)
+            batch = explore.send(scorer(batch))
+    except StopIteration as stop:
+        return stop.value, batches
+
+
+def ablationpp_brute(activation, scorer, base, groups, threshold):
+    """Ablation-CAM++ from its docstring, round by round: (map, runs)."""
+    c = len(activation)
+    means = activation.reshape(c, -1).mean(axis=1)
+    order = sorted(range(c), key=lambda k: (-means[k], k))
+    sizes = [c // groups + (g < c % groups) for g in range(min(groups, c))]
+    pending, start = [], 0
+    for size in sizes:
+        pending.append(order[start:start + size])
+        start += size
+    weights, runs = np.zeros(c), 0
+    while pending:
+        copies = np.repeat(activation[None], len(pending), axis=0)
+        for i, part in enumerate(pending):
+            copies[i, part] = 0
+        drops = (base - scorer(copies)) / base
+        runs += len(pending)
+        top = np.abs(drops).max()
+        nxt = []
+        for part, d in zip(pending, drops, strict=True):
+            if len(part) > 1 and top > 0 and abs(d) >= threshold * top:
+                nxt += [part[:len(part) // 2], part[len(part) // 2:]]
+            else:
+                weights[part] = d / len(part)
+        pending = nxt
+    return np.maximum(np.einsum("c,chw->hw", weights, activation), 0)[None], runs
+
+
+def gaussian_mask(h: int, w: int, i: int, j: int) -> np.ndarray:
+    """``[1 2 1; 2 4 2; 1 2 1] / 16`` centred on (i, j), cut at the borders, written out by hand."""
+    m = np.zeros((h, w))
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if 0 <= i + di < h and 0 <= j + dj < w:
+                m[i + di, j + dj] = (2 - abs(di)) * (2 - abs(dj)) / 16
+    return m

@@ -20,6 +20,7 @@ from camrt.methods.feature import (
     reciprocam_explore,
     reciprocam_inputs,
 )
+from tests.oracle import ablationpp_brute, drive, gaussian_mask
 
 A = np.arange(1, 3 * 2 * 2 + 1, dtype=np.float32).reshape(3, 2, 2)  # C=3, h=w=2
 
@@ -71,52 +72,12 @@ def test_generators_check_their_input() -> None:
 # The explore coroutines, driven by hand with a fake tail -------------------------------------------
 
 
-def drive(explore, scorer: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Run an explore coroutine as the engine does: (its map, the batches it yielded)."""
-    batches = []
-    try:
-        batch = next(explore)
-        while True:
-            batches.append(batch)
-            batch = explore.send(scorer(batch))
-    except StopIteration as stop:
-        return stop.value, batches
-
-
 def channel_scorer(coefficients: np.ndarray, bias: float) -> Callable[[np.ndarray], np.ndarray]:
     """A fake tail: ``y = Σ_k c_k mean(A_k) + bias``, row by row in float64 (a copy's score never
     depends on its batch), so zeroing channel k drops y by exactly ``c_k mean(A_k)``."""
     c = np.asarray(coefficients, dtype=np.float64)
     return lambda batch: np.array([float(c @ b.astype(np.float64).reshape(len(c), -1).mean(axis=1)) + bias
                                    for b in batch])
-
-
-def ablationpp_brute(activation, scorer, base, groups, threshold):
-    """Ablation-CAM++ from its docstring, round by round: (map, runs)."""
-    c = len(activation)
-    means = activation.reshape(c, -1).mean(axis=1)
-    order = sorted(range(c), key=lambda k: (-means[k], k))
-    sizes = [c // groups + (g < c % groups) for g in range(min(groups, c))]
-    pending, start = [], 0
-    for size in sizes:
-        pending.append(order[start:start + size])
-        start += size
-    weights, runs = np.zeros(c), 0
-    while pending:
-        copies = np.repeat(activation[None], len(pending), axis=0)
-        for i, part in enumerate(pending):
-            copies[i, part] = 0
-        drops = (base - scorer(copies)) / base
-        runs += len(pending)
-        top = np.abs(drops).max()
-        nxt = []
-        for part, d in zip(pending, drops, strict=True):
-            if len(part) > 1 and top > 0 and abs(d) >= threshold * top:
-                nxt += [part[:len(part) // 2], part[len(part) // 2:]]
-            else:
-                weights[part] = d / len(part)
-        pending = nxt
-    return np.maximum(np.einsum("c,chw->hw", weights, activation), 0)[None], runs
 
 
 def test_ablationpp_by_hand() -> None:
@@ -205,16 +166,6 @@ def test_ablationpp_checks_its_options_and_the_base_score() -> None:
         drive(ablationpp_explore(ACT, 4, 0.0), channel_scorer(COEF, 0.0))
     with pytest.raises(InputError, match="C×h×w"):
         next(ablationpp_explore(ACT[None], 4, 1.0))
-
-
-def gaussian_mask(h: int, w: int, i: int, j: int) -> np.ndarray:
-    """``[1 2 1; 2 4 2; 1 2 1] / 16`` centred on (i, j), cut at the borders, written out by hand."""
-    m = np.zeros((h, w))
-    for di in (-1, 0, 1):
-        for dj in (-1, 0, 1):
-            if 0 <= i + di < h and 0 <= j + dj < w:
-                m[i + di, j + dj] = (2 - abs(di)) * (2 - abs(dj)) / 16
-    return m
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 100])

@@ -25,6 +25,7 @@ from camrt.methods.masking import (
     sscam_count,
     sscam_explore,
 )
+from tests.oracle import drive
 
 A = np.arange(1, 3 * 2 * 2 + 1, dtype=np.float32).reshape(3, 2, 2)  # C=3, h=w=2
 
@@ -58,18 +59,6 @@ def sigmoid_scorer(shape: tuple[int, ...], seed: int = 0) -> Scorer:
     """A fake probability in (0, 1), for the methods that are sent class probabilities."""
     linear = linear_scorer(shape, seed, bias=0.0)
     return lambda batch: 1.0 / (1.0 + np.exp(-linear(batch)))
-
-
-def drive(explore, scorer: Scorer) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Run an explore coroutine as the engine does: (its map, the batches it yielded)."""
-    batches = []
-    try:
-        batch = next(explore)
-        while True:
-            batches.append(batch)
-            batch = explore.send(scorer(batch))
-    except StopIteration as stop:
-        return stop.value, batches
 
 
 def norm_up(activation: np.ndarray, size: tuple[int, int]) -> np.ndarray:

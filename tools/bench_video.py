@@ -21,9 +21,7 @@ from the decode and encode threads.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +29,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 import torch
 import torchvision
 
@@ -40,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import camrt  # noqa: E402
 from camrt.engine import Engine  # noqa: E402
 from camrt.visual.video import explain_video, prepare_frames  # noqa: E402
+from tools.bench_gradcam import machine as gradcam_machine  # noqa: E402
 
 SIZE = (640, 480)
 FPS = 25.0
@@ -71,14 +69,7 @@ def decode(path: Path) -> list[np.ndarray]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (f"{cpu}, {os.cpu_count()} cores; onnxruntime {ort.__version__}, OpenCV {cv2.__version__} "
-            f"({cv2.getNumThreads()} threads), Python {platform.python_version()}; load average "
+    return (f"{gradcam_machine()}; OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads); load average "
             f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
