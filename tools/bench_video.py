@@ -38,25 +38,7 @@ import camrt  # noqa: E402
 from camrt.engine import Engine  # noqa: E402
 from camrt.visual.video import explain_video, prepare_frames  # noqa: E402
 from tools.bench_gradcam import machine as gradcam_machine  # noqa: E402
-
-SIZE = (640, 480)
-FPS = 25.0
-
-
-def write_clip(path: Path, count: int) -> None:
-    """A camera panning across the cat and the espresso, 640×480, `count` frames."""
-    from skimage import data
-
-    h = SIZE[1]
-    strip = np.hstack([cv2.resize(img, (round(img.shape[1] * h / img.shape[0]), h), interpolation=cv2.INTER_AREA)
-                       for img in (data.chelsea(), data.coffee())])
-    strip = cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)
-    travel = strip.shape[1] - SIZE[0]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
-    for t in range(count):
-        x = round(travel * (0.5 - 0.5 * np.cos(2 * np.pi * t / count)))  # there and back
-        writer.write(np.ascontiguousarray(strip[:, x:x + SIZE[0]]))
-    writer.release()
+from tools.write_clip import write_clip  # noqa: E402
 
 
 def decode(path: Path) -> list[np.ndarray]:

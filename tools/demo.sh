@@ -13,4 +13,9 @@ camrt export "$out/efficientnet_lite0.pt" --arch models.efficientnet_lite0:build
     --labels "$out/imagenet_labels.txt" -o "$out/efficientnet_lite0.cam.onnx"
 python tools/read_outputs.py "$out/efficientnet_lite0.cam.onnx"
 camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method all -o "$out/explained"
-echo "overlays: $out/explained/*.png (one per photo and method; *.grid.png side by side)"
+camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method scorecam,ablationcam,reciprocam,groupcam \
+    -o "$out/perturbation"
+python tools/write_clip.py "$out/clip.mp4" --frames 100
+camrt video "$out/efficientnet_lite0.cam.onnx" "$out/clip.mp4" -o "$out/explained.mp4" --method gradcam --batch 4
+echo "overlays: $out/explained/*.png and $out/perturbation/*.png (one per photo and method; *.grid.png side by"
+echo "side); video: $out/explained.mp4"
