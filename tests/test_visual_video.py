@@ -167,6 +167,8 @@ def test_smoothing_is_an_ema_restarted_when_the_frame_size_changes(engine) -> No
     ({"method": "nope"}, "unknown method 'nope'"),
     ({"layer": "fc"}, "layer 'fc' was not exported"),
     ({"class_idx": 5}, "class_idx must be None, -1"),
+    ({"method": "smoothgradcam++", "n": 0}, "option n must be a positive integer"),
+    ({"method": "gradcam", "n": 2}, "method 'gradcam' has no option"),
 ])
 def test_bad_arguments_fail_before_any_frame_is_read(engine, kwargs, match) -> None:
     def frames():

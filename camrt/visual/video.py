@@ -27,7 +27,7 @@ import numpy as np
 
 from camrt.engine import Engine
 from camrt.errors import InputError
-from camrt.methods import METHODS, Method
+from camrt.methods import METHODS, Method, check_options
 from camrt.visual.overlay import COLORMAPS
 
 logger = logging.getLogger("camrt")
@@ -160,14 +160,15 @@ def explain_frames(
         InputError: a bad argument (raised here, before any frame is read), or a frame that is
             not H×W×3 uint8 (raised when it is reached).
     """
-    spec = _check_frame_args(engine, method, batch, layer, class_idx, smoothing)
+    spec = _check_frame_args(engine, method, batch, layer, class_idx, smoothing, options)
     return _explain_frames(engine, iter(frames), spec, batch, layer, class_idx, float(smoothing), seed, bgr, options)
 
 
 def _check_frame_args(engine: Engine, method: str, batch: int, layer: str | Sequence[str] | None,
-                      class_idx: int | None, smoothing: float) -> Method:
+                      class_idx: int | None, smoothing: float, options: dict) -> Method:
     """The method, once the arguments of `explain_frames` are checked; warns about perturbation methods."""
     spec = _check_method(method)
+    check_options(spec.name, options)
     layers = engine.resolve_layers(layer)
     _positive_int(batch, "batch")
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
@@ -558,7 +559,7 @@ def explain_video(
         raise InputError(f"timeout must be positive (seconds), got {timeout}")
     if fps is not None and not fps > 0:
         raise InputError(f"fps must be positive, got {fps}")
-    spec = _check_frame_args(engine, method, batch, layer, class_idx, smoothing)  # before a source is opened
+    spec = _check_frame_args(engine, method, batch, layer, class_idx, smoothing, {})  # before a source opens
     if show:
         try:  # probe only: imshow opens the window again
             cv2.namedWindow("camrt", cv2.WINDOW_NORMAL)
