@@ -209,7 +209,7 @@ def test_reciprocam_gaussian_matches_brute_force_eager(skip_net) -> None:
     for i, cls in enumerate(CLASSES):
         a = acts[i]
         _, h, w = a.shape
-        copies = np.stack([a * gaussian_mask(h, w, *divmod(q, w)) for q in range(h * w)])
+        copies = np.stack([a * gaussian_mask(h, w, *divmod(q, w)) for q in range(h * w)]).astype(np.float32)
         expected = eager_scores(model, X[i:i + 1], copies, cls, probability=True).reshape(h, w)
         np.testing.assert_allclose(r.low_res[i], expected, rtol=1e-4, atol=1e-6)
     onehot = Engine(path, device="cpu").explain(X, "reciprocam", class_idx=CLASSES)
