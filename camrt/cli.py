@@ -270,10 +270,14 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Heat-map weight in the overlay.")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for a frame (first or next) before giving up on the source.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods.")
+@click.option("-O", "--option", "option_items", multiple=True, metavar="NAME=VALUE",
+              help="A method option, e.g. -O n=8 (repeat; `camrt methods` lists them).")
 @friendly
 def video(model: str, source: str, output: str | None, method: str, show: bool, every: int, size_text: str | None,
           panel: bool, smooth: float, batch: int, layer_names: tuple[str, ...], class_idx: int | None, device: str,
-          codec: str | None, colormap: str, alpha: float, timeout: float) -> None:
+          codec: str | None, colormap: str, alpha: float, timeout: float, seed: int,
+          option_items: tuple[str, ...]) -> None:
     """Explain the frames of SOURCE (a video file, a camera index such as 0, or a stream URL) with
     MODEL, and write them with their overlays to --output and/or show them (--show)."""
     import os
@@ -281,6 +285,7 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
     if output is None and not show:
         raise click.UsageError("give -o OUT to write a video, --show to watch it, or both")
     size = _size(size_text)
+    options = parse_options(option_items)
     # FFmpeg's own log would print codec probing and connection failures that camrt reports itself.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     from camrt.engine import Engine
@@ -304,7 +309,8 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
     try:
         s = explain_video(engine, source, output, method=method, every=every, size=size, panel=panel, show=show,
                           smoothing=smooth, batch=batch, layer=layer, class_idx=class_idx, codec=codec,
-                          colormap=colormap, alpha=alpha, timeout=timeout, progress=progress if tty else None)
+                          colormap=colormap, alpha=alpha, timeout=timeout, progress=progress if tty else None,
+                          seed=seed, **options)
     except VideoInterrupted as e:
         if tty:
             click.echo()

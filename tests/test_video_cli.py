@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -79,6 +80,19 @@ def test_an_unavailable_codec_is_replaced_and_reported(model_path, clip, tmp_pat
     assert len(read_video(out)[0]) == COUNT
 
 
+def test_method_options_and_seed_reach_the_method(model_path, clip, tmp_path) -> None:
+    frames = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        out = tmp_path / f"{name}.avi"
+        result = invoke("video", model_path, clip, "-o", out, "-m", "rise", "-O", "n=8", "-O", "cells=3",
+                        "--seed", seed)
+        assert result.exit_code == 0, (result.output, result.stderr)
+        frames[name] = np.stack(read_video(out)[0])
+    assert len(frames["a"]) == COUNT
+    np.testing.assert_array_equal(frames["a"], frames["b"])  # same seed, same masks, same frames
+    assert not np.array_equal(frames["a"], frames["c"])
+
+
 @pytest.mark.parametrize("args, match", [
     ((), "give -o OUT to write a video, --show to watch it, or both"),
     (("-o", "{tmp}/o.mp4", "--size", "40by30"), "'40by30' is not WIDTHxHEIGHT"),
@@ -86,6 +100,8 @@ def test_an_unavailable_codec_is_replaced_and_reported(model_path, clip, tmp_pat
     (("-o", "{tmp}/o.mp4", "--method", "nope"), "unknown method 'nope'"),
     (("-o", "{tmp}/missing/o.mp4",), "output directory '.*missing' does not exist"),
     (("-o", "{tmp}/o.mp4", "--codec", "x264x"), "four-character FourCC"),
+    (("-o", "{tmp}/o.mp4", "-m", "smoothgradcam++", "-O", "n=0"), "option n must be a positive integer"),
+    (("-o", "{tmp}/o.mp4", "-O", "n=2"), "method 'gradcam' has no option"),
 ])
 def test_bad_options_are_one_line(model_path, clip, tmp_path, args, match) -> None:
     result = invoke("video", model_path, clip, *(a.format(tmp=tmp_path) for a in args))

@@ -517,6 +517,8 @@ def explain_video(
     fps: float | None = None,
     timeout: float = 10.0,
     progress: Callable[[int, int | None, float], None] | None = None,
+    seed: int = 0,
+    **options: object,
 ) -> VideoSummary:
     """Explain every `every`-th frame of `source` and write the frames with their overlays to `output`.
 
@@ -536,6 +538,7 @@ def explain_video(
         timeout: seconds to wait for the first frame, and for any later one, before giving up.
         progress: called as progress(frames explained, expected total or None, seconds since the
             run started) after each frame; raising from it stops the run like Ctrl-C does.
+        seed, options: the seed and the options of the method, as for `explain_frames`.
         Others: as for `explain_frames` and `render`.
 
     Returns:
@@ -559,7 +562,7 @@ def explain_video(
         raise InputError(f"timeout must be positive (seconds), got {timeout}")
     if fps is not None and not fps > 0:
         raise InputError(f"fps must be positive, got {fps}")
-    spec = _check_frame_args(engine, method, batch, layer, class_idx, smoothing, {})  # before a source opens
+    spec = _check_frame_args(engine, method, batch, layer, class_idx, smoothing, options)  # before a source opens
     if show:
         try:  # probe only: imshow opens the window again
             cv2.namedWindow("camrt", cv2.WINDOW_NORMAL)
@@ -604,7 +607,7 @@ def explain_video(
     try:
         decoder.start()
         results = _explain_frames(engine, _queued(decoded, timeout, name, stats), spec, batch, layer, class_idx,
-                                  float(smoothing), 0, True, {}, prepared=True)
+                                  float(smoothing), seed, True, options, prepared=True)
         for r in results:
             for k, v in r.seconds.items():
                 seconds[k] += v
