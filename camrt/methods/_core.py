@@ -79,6 +79,12 @@ def combine(weights: np.ndarray, activation: np.ndarray) -> np.ndarray:
     return np.einsum("nc,nchw->nhw", weights, activation)
 
 
+def softmax(v: np.ndarray) -> np.ndarray:
+    """``exp(v) / Σ exp(v)`` of a 1-D vector, shifted by its max for stability."""
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
 def normalize(maps: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Per-map min-max scaling to [0, 1]: ``(M - min M) / (max M - min M)``.
 

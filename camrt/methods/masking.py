@@ -29,6 +29,7 @@ from camrt.methods._core import (
     normalize,
     relu,
     scores_of,
+    softmax,
     upsample,
 )
 
@@ -54,9 +55,10 @@ def _channel_masks(activation: np.ndarray, channels: np.ndarray, size: tuple[int
     return normalize(masks, out=masks)
 
 
-def _softmax_weights(s: np.ndarray) -> np.ndarray:
-    w = np.exp(s - s.max())
-    return w / w.sum()
+def _softmax_weighted(s: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    """The Score-CAM family's map from per-channel scores: ``ReLU(Σ_k softmax(s)_k A_k)``, ``(1, h, w)``
+    for one image's activation ``(C, h, w)``."""
+    return relu(combine(softmax(s)[None].astype(activation.dtype), activation[None]))
 
 
 # Score-CAM ---------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndar
         Saliency map ``(1, h, w)`` after ReLU.
     """
     s = _spread(activation[0], np.asarray(scores, dtype=np.float64))
-    return relu(combine(_softmax_weights(s)[None].astype(activation.dtype), activation))
+    return _softmax_weighted(s, activation[0])
 
 
 def scorecam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, base: float) -> Explore:
@@ -184,7 +186,7 @@ def sscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, 
 
     scores = yield from scores_of(batches())
     s = np.asarray(scores, dtype=np.float64).reshape(n, c).mean(axis=0)
-    return relu(combine(_softmax_weights(s)[None].astype(activation.dtype), activation[None]))
+    return _softmax_weighted(s, activation)
 
 
 # IS-CAM ------------------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ def iscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, n: int = 10
     given = np.asarray((yield from scores_of(batches())), dtype=np.float64)
     per_channel = given[:n * m].reshape(n, m).mean(axis=0)
     s = _spread(activation, np.concatenate([per_channel, given[n * m:]]))
-    return relu(combine(_softmax_weights(s)[None].astype(activation.dtype), activation[None]))
+    return _softmax_weighted(s, activation)
 
 
 # Group-CAM ---------------------------------------------------------------------------------------
