@@ -11,7 +11,15 @@ from collections.abc import Generator
 import numpy as np
 
 from camrt.errors import InputError
-from camrt.methods._core import _interpolation_taps, check_chunk, check_count, check_number, upsample
+from camrt.methods._core import (
+    _interpolation_taps,
+    check_chunk,
+    check_count,
+    check_number,
+    normalize,
+    softmax,
+    upsample,
+)
 
 Explore = Generator[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]
 
@@ -30,18 +38,33 @@ def upsample_adjoint(grad: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.T
 
 
-def _softmax(u: np.ndarray) -> np.ndarray:
-    e = np.exp(u - u.max())
-    return e / e.sum()
+def _forward(activation: np.ndarray, u: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weights ``w = softmax(u)``, ``S = Σ_k w_k A_k`` ``(h, w)`` and ``up(S)`` ``(H, W)``, float64."""
+    w = softmax(u)
+    s = (w[:, None, None] * activation).sum(axis=0)
+    return w, s, upsample(s[None].astype(np.float64), size)[0]
 
 
 def opticam_mask(activation: np.ndarray, u: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``S = Σ_k softmax(u)_k A_k`` ``(h, w)`` and the mask ``M = norm(up(S))`` ``(H, W)``."""
-    w = _softmax(u)
-    s = (w[:, None, None] * activation).sum(axis=0)
-    m = upsample(s[None].astype(np.float64), size)[0]
-    low, span = m.min(), m.max() - m.min()
-    return s, (m - low) / span if span > 0 else np.zeros_like(m)
+    _, s, up = _forward(activation, u, size)
+    return s, normalize(up[None])[0]
+
+
+def _gradient(activation: np.ndarray, w: np.ndarray, up: np.ndarray, x: np.ndarray,
+              input_gradient: np.ndarray) -> np.ndarray:
+    """`opticam_gradient` from the step's forward values (`_forward`)."""
+    low, span = up.min(), up.max() - up.min()
+    if span <= 0:
+        return np.zeros_like(w)
+    m = (up - low) / span
+    g_m = (x.astype(np.float64) * input_gradient).sum(axis=0)
+    g_up = g_m / span
+    g_up.flat[np.argmin(up)] += (g_m * (m - 1.0)).sum() / span
+    g_up.flat[np.argmax(up)] -= (g_m * m).sum() / span
+    g_s = upsample_adjoint(g_up, activation.shape[1:])
+    g_w = (activation * g_s).sum(axis=(1, 2))
+    return w * (g_w - (w * g_w).sum())
 
 
 def opticam_gradient(activation: np.ndarray, u: np.ndarray, x: np.ndarray, input_gradient: np.ndarray) -> np.ndarray:
@@ -51,22 +74,8 @@ def opticam_gradient(activation: np.ndarray, u: np.ndarray, x: np.ndarray, input
     pixels get the gradient of the bounds); through upsampling (its transpose); through
     ``S = Σ_k w_k A_k`` and ``w = softmax(u)``.
     """
-    size = x.shape[1:]
-    w = _softmax(u)
-    s = (w[:, None, None] * activation).sum(axis=0)
-    up = upsample(s[None].astype(np.float64), size)[0]
-    low, high = up.min(), up.max()
-    span = high - low
-    if span <= 0:
-        return np.zeros_like(u)
-    m = (up - low) / span
-    g_m = (x.astype(np.float64) * input_gradient).sum(axis=0)
-    g_up = g_m / span
-    g_up.flat[np.argmin(up)] += (g_m * (m - 1.0)).sum() / span
-    g_up.flat[np.argmax(up)] -= (g_m * m).sum() / span
-    g_s = upsample_adjoint(g_up, activation.shape[1:])
-    g_w = (activation * g_s).sum(axis=(1, 2))
-    return w * (g_w - (w * g_w).sum())
+    w, _, up = _forward(activation, u, x.shape[1:])
+    return _gradient(activation, w, up, x, input_gradient)
 
 
 def opticam_check(steps: object = 100, lr: object = 0.1) -> dict:
@@ -110,9 +119,10 @@ def opticam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, steps: in
     m1, m2 = np.zeros_like(u), np.zeros_like(u)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
-        _, mask = opticam_mask(a, u, x.shape[1:])
+        w, _, up = _forward(a, u, x.shape[1:])  # once per step: for the masked input and for its gradient
+        mask = normalize(up[None])[0]
         _, input_gradient = yield (x * mask.astype(x.dtype))[None]
-        g = -opticam_gradient(a, u, x, np.asarray(input_gradient)[0])  # ascent: minimise −y_c
+        g = -_gradient(a, w, up, x, np.asarray(input_gradient)[0])  # ascent: minimise −y_c
         m1 = beta1 * m1 + (1 - beta1) * g
         m2 = beta2 * m2 + (1 - beta2) * g * g
         denom = np.sqrt(m2) / np.sqrt(1 - beta2 ** t) + eps
