@@ -15,7 +15,7 @@ from camrt.engine.preprocess import preprocess
 from camrt.engine.session import open_session
 from camrt.errors import InputError
 from camrt.manifest import CLASS_IDX, INPUT, INPUT_GRADIENT, LOGITS, METADATA_KEY, Manifest, activation_name
-from camrt.methods import METHODS, Method, check_options, fuse, normalize, upsample
+from camrt.methods import Method, check_options, fuse, get_method, normalize, upsample
 
 logger = logging.getLogger("camrt")
 
@@ -189,10 +189,9 @@ class Engine:
             options: the method's options (`METHODS[method].options` lists them with their defaults),
                 e.g. ``n=8`` for SS-CAM.
         """
-        spec = self._method(method)  # fail before running the model
+        spec = get_method(method)  # fail before running the model
         self.resolve_layers(layer)
         self._options(spec, options)
-        self._check_input_gradient(spec)
         return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
                                  progress, **options)
 
@@ -200,14 +199,13 @@ class Engine:
                      seed: int = 0, progress: Callable[[int, int], None] | None = None,
                      **options: object) -> Result:
         """`explain` on the outputs of an earlier `forward` (no new run for gradient methods)."""
-        spec = self._method(method)
+        spec = get_method(method)
         layers = self.resolve_layers(layer)
         out, used = p.outputs, p.outputs["class_idx_used"]
         if spec.uses_gradient and self.manifest.layers[0].gradient not in out:
             raise InputError(f"method '{spec.name}' needs the gradient, and this pass was run with gradient=False")
         timings = {"inference": p.seconds}
         opts = self._options(spec, options)
-        self._check_input_gradient(spec)
         samples = None
         if spec.family == "sampled":
             samples, t_inf = self._run_samples(spec, p.x, used, layers, seed, opts)
@@ -234,14 +232,6 @@ class Engine:
         return Result(spec.name, tuple(layers), saliency.astype(np.float32, copy=False),
                       maps[-1].astype(np.float32, copy=False), used,
                       logits, _softmax(logits)[np.arange(len(used)), used], timings)
-
-    def _method(self, name: str) -> Method:
-        spec = METHODS.get(name)
-        if spec is None:
-            raise InputError(f"unknown method '{name}'; `camrt methods` lists them: {', '.join(METHODS)}")
-        if spec.family not in ("gradient", "sampled", "feature", "input"):
-            raise InputError(f"method '{name}' ({spec.family}) is not served by this engine yet")
-        return spec
 
     def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
         """The target layers `layer` names (None: the last exported one), checked against the model."""
@@ -293,16 +283,14 @@ class Engine:
             self._forward = open_session(model.SerializeToString(), self._device, spinning=False)
         return self._forward, None, []
 
-    @staticmethod
-    def _options(spec: Method, options: dict) -> dict:
-        """The method's options: its defaults, overridden by `options` (names and values checked)."""
-        return check_options(spec.name, options)
-
-    def _check_input_gradient(self, spec: Method) -> None:
+    def _options(self, spec: Method, options: dict) -> dict:
+        """The method's options (defaults overridden by `options`, names and values checked), once
+        the model is known to have what the method needs."""
         if spec.input_gradient and not self.manifest.input_gradient:
             raise InputError(f"method '{spec.name}' needs the gradient of the class score with respect to the input, "
                              f"which '{self.path.name}' lacks; re-export the model with `camrt export "
                              "--input-gradient` (or camrt.export(..., input_gradient=True))")
+        return check_options(spec.name, options)
 
     def _input_gradient_session(self):
         """A session on the sub-graph that computes only the logits and ∂y_c/∂input, built once."""

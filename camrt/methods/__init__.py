@@ -214,6 +214,14 @@ METHODS: dict[str, Method] = {
         check=opticam_check),
 }
 
+def get_method(name: str) -> Method:
+    """`METHODS[name]`, or an InputError that lists the methods."""
+    spec = METHODS.get(name)
+    if spec is None:
+        raise InputError(f"unknown method '{name}'; `camrt methods` lists them: {', '.join(METHODS)}")
+    return spec
+
+
 def check_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The options `method` runs with: its defaults overridden by `options`, every name and value
     checked (InputError saying which and why), so that a caller can fail before any run."""
@@ -231,6 +239,7 @@ def check_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = [
     "METHODS",
     "check_options",
+    "get_method",
     "ablationcam",
     "reciprocam",
     "scorecam",

@@ -27,7 +27,7 @@ import numpy as np
 
 from camrt.engine import Engine
 from camrt.errors import InputError
-from camrt.methods import METHODS, Method, check_options
+from camrt.methods import Method, check_options, get_method
 from camrt.visual.overlay import COLORMAPS
 
 logger = logging.getLogger("camrt")
@@ -69,13 +69,6 @@ def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _check_method(method: str) -> Method:
-    spec = METHODS.get(method)
-    if spec is None:
-        raise InputError(f"unknown method '{method}'; `camrt methods` lists them: {', '.join(METHODS)}")
-    return spec
 
 
 def _check_frame(frame: object, index: int) -> np.ndarray:
@@ -167,7 +160,7 @@ def explain_frames(
 def _check_frame_args(engine: Engine, method: str, batch: int, layer: str | Sequence[str] | None,
                       class_idx: int | None, smoothing: float, options: dict) -> Method:
     """The method, once the arguments of `explain_frames` are checked; warns about perturbation methods."""
-    spec = _check_method(method)
+    spec = get_method(method)
     check_options(spec.name, options)
     layers = engine.resolve_layers(layer)
     _positive_int(batch, "batch")
