@@ -16,7 +16,7 @@ import camrt
 from camrt.engine import Engine
 from camrt.methods import METHODS
 from tests.oracle import ablationpp_brute, gaussian_mask
-from tests.test_engine_perturbation import SkipNet
+from tests.test_engine_perturbation import SkipNet, export_block
 
 SIZE = (3, 16, 16)
 
@@ -40,20 +40,12 @@ class StrideNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def stride_net(tmp_path_factory):
-    torch.manual_seed(5)
-    model = StrideNet().eval()
-    path = tmp_path_factory.mktemp("mask") / "stride.cam.onnx"
-    camrt.export(model, layers=["block"], path=path, input_shape=(1, *SIZE))
-    return model, path
+    return export_block(tmp_path_factory, StrideNet, seed=5)
 
 
 @pytest.fixture(scope="module")
 def skip_net(tmp_path_factory):
-    torch.manual_seed(3)
-    model = SkipNet().eval()
-    path = tmp_path_factory.mktemp("feat") / "skip.cam.onnx"
-    camrt.export(model, layers=["block"], path=path, input_shape=(1, *SIZE))
-    return model, path
+    return export_block(tmp_path_factory, SkipNet, seed=3)
 
 
 X = np.random.default_rng(4).normal(size=(2, *SIZE)).astype(np.float32)

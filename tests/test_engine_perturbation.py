@@ -32,13 +32,18 @@ class SkipNet(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+def export_block(tmp_path_factory, net: type[nn.Module], seed: int, **options) -> tuple[nn.Module, object]:
+    """A `net` seeded with `seed`, and its export at the layer `block` for SIZE inputs."""
+    torch.manual_seed(seed)
+    model = net().eval()
+    path = tmp_path_factory.mktemp(net.__name__) / f"{net.__name__}.cam.onnx"
+    camrt.export(model, layers=["block"], path=path, input_shape=(1, *SIZE), **options)
+    return model, path
+
+
 @pytest.fixture(scope="module")
 def model_and_path(tmp_path_factory):
-    torch.manual_seed(3)
-    model = SkipNet().eval()
-    path = tmp_path_factory.mktemp("feat") / "skip.cam.onnx"
-    camrt.export(model, layers=["block"], path=path, input_shape=(1, *SIZE))
-    return model, path
+    return export_block(tmp_path_factory, SkipNet, seed=3)
 
 
 def eager_scores(model: nn.Module, x: np.ndarray, perturbed: np.ndarray, cls: int, probability: bool) -> np.ndarray:
