@@ -179,8 +179,9 @@ def methods() -> None:
     width = max(len(n) for n in METHODS)
     for name, m in METHODS.items():
         click.echo(f"{name:<{width}}  {m.family:<12} {m.description}")
-        if m.options:
-            click.echo(f"{'':<{width}}  {'':<12} options: {', '.join(f'{k}={v}' for k, v in m.options.items())}")
+        if m.options.names():
+            defaults = ", ".join(f"{k}={v}" for k, v in m.options.defaults().items())
+            click.echo(f"{'':<{width}}  {'':<12} options: {defaults}")
 
 
 @main.command()

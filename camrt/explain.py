@@ -11,7 +11,7 @@ import numpy as np
 
 from camrt.engine import Engine
 from camrt.errors import CamrtError, InputError
-from camrt.methods import METHODS, check_options
+from camrt.methods import METHODS
 from camrt.visual.overlay import COLORMAPS, grid, overlay, read_image, write_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -83,12 +83,13 @@ def explain_files(
     `options` go to every method that takes them; one that no chosen method takes is an error."""
     names = resolve_methods(methods)
     options = dict(options or {})
-    unused = set(options) - {o for name in names for o in METHODS[name].options}
+    unused = set(options) - {o for name in names for o in METHODS[name].options.names()}
     if unused:
         raise InputError(f"no chosen method takes option(s) {', '.join(sorted(unused))}; `camrt methods` lists "
                          "each method's options")
-    for name in names:  # bad values fail here, once, before any image is read
-        check_options(name, {k: v for k, v in options.items() if k in METHODS[name].options})
+    # Bad values fail here, once, before any image is read; each method gets the options it takes.
+    configured = {name: engine.configure(METHODS[name], {k: v for k, v in options.items()
+                                                         if k in METHODS[name].options.names()}) for name in names}
     engine.resolve_layers(layer)  # a layer the model lacks fails every image: one error, before any work
     if colormap not in COLORMAPS:
         raise InputError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
@@ -119,8 +120,7 @@ def explain_files(
             try:
                 report_progress = None if progress is None else (
                     lambda done, total, path=path, name=name: progress(path, name, done, total))
-                own = {k: v for k, v in options.items() if k in METHODS[name].options}
-                r = engine.explain_pass(p, name, layer, seed, report_progress, **own)
+                r = engine.explain_pass(p, name, layer, seed, report_progress, options=configured[name])
             except CamrtError as e:
                 report.method_errors[name] = str(e)
                 continue

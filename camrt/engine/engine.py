@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from camrt.checks import positive_int
+from camrt.engine.graphs import Graphs, run_chunked
+from camrt.engine.perturbation import perturbation_map
 from camrt.engine.preprocess import preprocess
-from camrt.engine.session import open_session
 from camrt.errors import InputError
-from camrt.manifest import CLASS_IDX, INPUT, INPUT_GRADIENT, LOGITS, METADATA_KEY, Manifest, activation_name
-from camrt.methods import Method, check_options, fuse, get_method, normalize, upsample
+from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest
+from camrt.methods import Method, Options, SampleContext, fuse, get_method, normalize, softmax, upsample
 
 logger = logging.getLogger("camrt")
 
@@ -52,11 +54,6 @@ class Pass:
     seconds: float
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class Engine:
     """Run a model exported by `camrt export` and turn its outputs into CAMs.
 
@@ -68,8 +65,11 @@ class Engine:
             through one `session.run`; larger batches are split, with identical results.
         spinning: let ONNX Runtime's worker threads spin after a run (its default: lowest latency
             for back-to-back runs). Turn it off when other threads share the cores, as in
-            `camrt video`, where spinning threads starved the decode and encode threads
-            (EfficientNet-Lite0 pipeline 1.78 → 1.51× inference alone on 2 cores).
+            `camrt video`, where spinning threads starve the decode and encode threads
+            (measured in docs/benchmarks.md).
+
+    The engine is the only place that runs graphs: `Graphs` holds its sessions (the full graph and
+    the sub-graphs cut from it), `camrt.engine.perturbation` drives the perturbation methods.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", chunk_size: int = DEFAULT_CHUNK,
@@ -77,16 +77,15 @@ class Engine:
         path = Path(model)
         if not path.is_file():
             raise InputError(f"model file '{path}' does not exist")
-        if int(chunk_size) != chunk_size or chunk_size < 1:
-            raise InputError(f"chunk_size must be a positive integer, got {chunk_size}")
         self.path = path
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = positive_int(chunk_size, "chunk_size")
         try:
-            self._session = open_session(path, device, spinning=spinning)
+            self.graphs = Graphs(path, device, spinning=spinning)
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
             raise InputError(f"'{path}' is not a loadable ONNX model: {str(e).splitlines()[0][:200]}") from e
+        self._session = self.graphs.full
         meta = self._session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise InputError(f"'{path}' has no camrt manifest; export the model with `camrt export`")
@@ -97,13 +96,6 @@ class Engine:
         self.provider: str = self._session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             logger.warning("CUDA was asked for but is not available to onnxruntime; running on %s", self.provider)
-        self._outputs = [o.name for o in self._session.get_outputs()]
-        self._device = device
-        self._tails: dict[str, tuple[object, object | None, list[str]]] = {}  # per layer, built on first use
-        self._forward: object | None = None
-        self._activations: object | None = None
-        self._input_gradient: object | None = None
-        self._model_proto: object | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -138,13 +130,7 @@ class Engine:
 
     def run(self, x: np.ndarray, class_idx: np.ndarray) -> dict[str, np.ndarray]:
         """All graph outputs for a batch, in chunks of `chunk_size` rows."""
-        parts: list[list[np.ndarray]] = []
-        for s in range(0, len(x), self.chunk_size):
-            parts.append(self._session.run(None, {INPUT: x[s:s + self.chunk_size],
-                                                  CLASS_IDX: class_idx[s:s + self.chunk_size]}))
-        if len(parts) == 1:
-            return dict(zip(self._outputs, parts[0], strict=True))
-        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._outputs)}
+        return run_chunked(self._session, {INPUT: x, CLASS_IDX: class_idx}, self.chunk_size)
 
     def forward(self, images: np.ndarray | Sequence[np.ndarray],
                 class_idx: int | Sequence[int] | np.ndarray | None = None, gradient: bool = True) -> Pass:
@@ -158,11 +144,9 @@ class Engine:
         if gradient:
             out = self.run(x, cls)
         else:
-            session = self._activations_session()
-            names = [LOGITS, *(la.activation for la in self.manifest.layers)]
-            parts = [session.run(names, {INPUT: x[s:s + self.chunk_size]}) for s in range(0, len(x), self.chunk_size)]
-            out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
-            out["class_idx_used"] = np.where(cls == -1, out[LOGITS].argmax(axis=1), cls)
+            activations = [la.activation for la in self.manifest.layers]
+            out = run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size, [LOGITS, *activations])
+            out[CLASS_IDX_USED] = np.where(cls == -1, out[LOGITS].argmax(axis=1), cls)
         return Pass(x, out, time.perf_counter() - t0)
 
     def explain(
@@ -191,36 +175,38 @@ class Engine:
         """
         spec = get_method(method)  # fail before running the model
         self.resolve_layers(layer)
-        self._options(spec, options)
+        opts = self.configure(spec, options)
         return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
-                                 progress, **options)
+                                 progress, options=opts)
 
     def explain_pass(self, p: Pass, /, method: str = "gradcam", layer: str | Sequence[str] | None = None,
                      seed: int = 0, progress: Callable[[int, int], None] | None = None,
-                     **options: object) -> Result:
-        """`explain` on the outputs of an earlier `forward` (no new run for gradient methods)."""
+                     options: Options | None = None, **given: object) -> Result:
+        """`explain` on the outputs of an earlier `forward` (no new run for gradient methods).
+        Options go by name (`given`) or as the method's checked options object (`options`)."""
         spec = get_method(method)
         layers = self.resolve_layers(layer)
-        out, used = p.outputs, p.outputs["class_idx_used"]
+        if options is not None and given:
+            raise InputError("give method options either by name or as an options object, not both")
+        opts = self.configure(spec, options if options is not None else given)
+        out, used = p.outputs, p.outputs[CLASS_IDX_USED]
         if spec.uses_gradient and self.manifest.layers[0].gradient not in out:
             raise InputError(f"method '{spec.name}' needs the gradient, and this pass was run with gradient=False")
         timings = {"inference": p.seconds}
-        opts = self._options(spec, options)
         samples = None
         if spec.family == "sampled":
-            samples, t_inf = self._run_samples(spec, p.x, used, layers, seed, opts)
+            samples, t_inf = self._run_samples(spec, opts, p.x, used, layers, seed)
             timings["inference"] += t_inf
         t1 = time.perf_counter()
         maps = []
         for la in layers:
             a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
-            if spec.family in ("feature", "input"):
-                maps.append(self._perturbation_map(spec, p, la, progress, seed, opts))
+            if spec.perturbation:
+                maps.append(perturbation_map(spec, opts, self.graphs, p.x, out, la, self.chunk_size, seed, progress))
             elif samples is None:
-                maps.append(spec.fn(a, g))
+                maps.append(spec.map(a, g))
             else:
-                sa, sg = samples[la]
-                maps.append(spec.fn(a, g, sa, sg))
+                maps.append(spec.map(a, g, *samples[la]))
         size = self.input_size
         if len(maps) == 1:
             up = upsample(maps[0], size)
@@ -231,7 +217,7 @@ class Engine:
         logits = out[LOGITS]
         return Result(spec.name, tuple(layers), saliency.astype(np.float32, copy=False),
                       maps[-1].astype(np.float32, copy=False), used,
-                      logits, _softmax(logits)[np.arange(len(used)), used], timings)
+                      logits, softmax(logits)[np.arange(len(used)), used], timings)
 
     def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
         """The target layers `layer` names (None: the last exported one), checked against the model."""
@@ -244,118 +230,23 @@ class Engine:
             raise InputError("layer is an empty list")
         return wanted
 
-    def _tail(self, layer: str):
-        """(tail session, forward-only session for the tensors crossing the cut or None, their names),
-        built once per layer from the model file with camrt.graph's passes."""
-        if layer not in self._tails:
-            from camrt.graph import forward_only, tail
-
-            model = self._proto()
-            sub, boundary = tail(model, layer)
-            fwd = (open_session(forward_only(model, boundary).SerializeToString(), self._device, spinning=False)
-                   if boundary else None)
-            self._tails[layer] = (open_session(sub.SerializeToString(), self._device, spinning=False), fwd, boundary)
-        return self._tails[layer]
-
-    def _proto(self):
-        """The model file as a ModelProto, read once for all the sub-graphs cut from it."""
-        if self._model_proto is None:
-            import onnx
-
-            self._model_proto = onnx.load(str(self.path))
-        return self._model_proto
-
-    def _activations_session(self):
-        """A session on the forward-only graph that also returns every target activation."""
-        if self._activations is None:
-            from camrt.graph import forward_only
-
-            model = forward_only(self._proto(), [la.activation for la in self.manifest.layers])
-            self._activations = open_session(model.SerializeToString(), self._device, spinning=False)
-        return self._activations
-
-    def _forward_only(self):
-        """(a session on the graph without its gradient branch, None, no crossing tensors), built once."""
-        if self._forward is None:
-            from camrt.graph import forward_only
-
-            model = forward_only(self._proto())
-            self._forward = open_session(model.SerializeToString(), self._device, spinning=False)
-        return self._forward, None, []
-
-    def _options(self, spec: Method, options: dict) -> dict:
+    def configure(self, method: Method, options: Mapping[str, object] | Options | None = None) -> Options:
         """The method's options (defaults overridden by `options`, names and values checked), once
         the model is known to have what the method needs."""
-        if spec.input_gradient and not self.manifest.input_gradient:
-            raise InputError(f"method '{spec.name}' needs the gradient of the class score with respect to the input, "
-                             f"which '{self.path.name}' lacks; re-export the model with `camrt export "
+        if method.input_gradient and not self.manifest.input_gradient:
+            raise InputError(f"method '{method.name}' needs the gradient of the class score with respect to the "
+                             f"input, which '{self.path.name}' lacks; re-export the model with `camrt export "
                              "--input-gradient` (or camrt.export(..., input_gradient=True))")
-        return check_options(spec.name, options)
+        return method.configure(options)
 
-    def _input_gradient_session(self):
-        """A session on the sub-graph that computes only the logits and ∂y_c/∂input, built once."""
-        if self._input_gradient is None:
-            from camrt.graph import keep_outputs
-
-            model = keep_outputs(self._proto(), [LOGITS, INPUT_GRADIENT])
-            self._input_gradient = open_session(model.SerializeToString(), self._device, spinning=False)
-        return self._input_gradient
-
-    def _perturbation_map(self, spec: Method, p: Pass, layer: str, progress: Callable[[int, int], None] | None,
-                          seed: int, opts: dict) -> np.ndarray:
-        """Drive the method's `explore` coroutine for each image: run every batch of perturbed
-        activations it yields through the tail ("feature" methods), or of masked inputs through the
-        forward-only graph ("input" methods), and send back the class scores. The batches are at
-        most `chunk_size` rows: memory grows with the chunk, not with the number of copies."""
-        feature = spec.family == "feature"
-        if spec.input_gradient:
-            session, fwd, boundary = self._input_gradient_session(), None, []
-        else:
-            session, fwd, boundary = self._tail(layer) if feature else self._forward_only()
-        acts = p.outputs[activation_name(layer)]
-        grads = p.outputs.get(self.manifest.layer(layer).gradient)
-        logits, used = p.outputs[LOGITS], p.outputs["class_idx_used"]
-        base_scores = logits if spec.score == "logit" else _softmax(logits)
-        budgets = [spec.count(a, **opts) for a in acts]
-        total, done = sum(budgets), 0
-        maps = []
-        for n, a in enumerate(acts):
-            crossing = dict(zip(boundary, fwd.run(boundary, {INPUT: p.x[n:n + 1]}), strict=True)) if fwd else {}
-            context = {"x": p.x[n], "base": float(base_scores[n, used[n]]), "seed": seed,
-                       "gradient": None if grads is None else grads[n]}
-            explore = spec.explore(activation=a, chunk=self.chunk_size, **{k: context[k] for k in spec.needs},
-                                   **opts)
-            image_done = 0
-            try:
-                batch = next(explore)
-                while True:
-                    feed = {activation_name(layer) if feature else INPUT: batch}
-                    feed.update({k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()})
-                    if spec.input_gradient:
-                        feed[CLASS_IDX] = np.full(len(batch), used[n], np.int64)
-                    z, *rest = session.run(None, feed)
-                    if spec.score == "probability":
-                        z = _softmax(z)
-                    image_done += len(batch)
-                    if progress is not None:
-                        progress(done + min(image_done, budgets[n]), total)
-                    batch = explore.send((z[:, used[n]], rest[0]) if spec.input_gradient else z[:, used[n]])
-            except StopIteration as stop:
-                maps.append(stop.value)
-            done += budgets[n]
-            if progress is not None and image_done < budgets[n]:  # a recursive method stopped early
-                progress(done, total)
-        return np.concatenate(maps)
-
-    def _run_samples(self, spec: Method, x: np.ndarray, used: np.ndarray, layers: list[str], seed: int,
-                     options: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
+    def _run_samples(self, spec: Method, options: Options, x: np.ndarray, used: np.ndarray, layers: list[str],
+                     seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
         """Run all copies of every image in one batched (chunked) pass, each explained for the
-        class chosen for its source image."""
-        extra = {}
-        if "baseline" in spec.needs:  # the black image, preprocessed
-            p = self.manifest.preprocessing
-            extra["baseline"] = ((0.0 - np.asarray(p.mean)) / np.asarray(p.std)).astype(np.float32)[None, :, None, None]
-        copies = spec.samples(x, np.random.default_rng(seed), **options, **extra)
+        class chosen for its source image: per layer, the copies' activations and gradients
+        ``(N, S, C, h, w)``, and the seconds the runs took."""
+        p = self.manifest.preprocessing
+        black = ((0.0 - np.asarray(p.mean)) / np.asarray(p.std)).astype(np.float32)[None, :, None, None]
+        copies = spec.samples(SampleContext(x, np.random.default_rng(seed), black), options)
         n, s = copies.shape[:2]
         t0 = time.perf_counter()
         out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s))

@@ -79,10 +79,11 @@ def combine(weights: np.ndarray, activation: np.ndarray) -> np.ndarray:
     return np.einsum("nc,nchw->nhw", weights, activation)
 
 
-def softmax(v: np.ndarray) -> np.ndarray:
-    """``exp(v) / Σ exp(v)`` of a 1-D vector, shifted by its max for stability."""
-    e = np.exp(v - v.max())
-    return e / e.sum()
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``exp(z) / Σ exp(z)`` along `axis` (a vector's, or each row's of an N×K matrix of logits),
+    shifted by the max for stability."""
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def normalize(maps: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -179,42 +180,3 @@ def scores_of(batches: Iterable[np.ndarray]) -> Generator[np.ndarray, np.ndarray
         scores = yield batch
         parts.append(np.asarray(scores))
     return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def check_chunk(chunk: int) -> None:
-    """Raise InputError unless `chunk` (copies per network run) is a positive integer."""
-    if int(chunk) != chunk or chunk < 1:
-        raise InputError(f"chunk must be a positive integer, got {chunk}")
-
-
-def check_count(value: object, name: str) -> int:
-    """`value` as a positive int, or an InputError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"option {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_number(value: object, name: str, low: float = 0.0, high: float | None = None,
-                 positive: bool = False) -> float:
-    """`value` as a float in [low, high] (and > 0 with `positive`), or an InputError naming the option."""
-    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
-    if not ok or not (value >= low and (high is None or value <= high)):
-        bound = f"in [{low:g}, {high:g}]" if high is not None else f"≥ {low:g}"
-        raise InputError(f"option {name} must be a number {bound}, got {value!r}")
-    if positive and value == 0:
-        raise InputError(f"option {name} must be positive, got {value!r}")
-    return float(value)
-
-
-def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
-    """`value` if it is one of `choices`, or an InputError listing them."""
-    if value not in choices:
-        raise InputError(f"option {name} must be one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
-def check_flag(value: object, name: str) -> bool:
-    """`value` as a bool (True/False only), or an InputError."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputError(f"option {name} must be true or false, got {value!r}")
-    return bool(value)

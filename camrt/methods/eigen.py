@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from camrt.methods._core import check_pair, relu
+from camrt.methods.contract import Method
 
 
 def principal_projection(features: np.ndarray, center: bool = False) -> np.ndarray:
@@ -86,3 +87,11 @@ def eigengradcam(activation: np.ndarray, gradient: np.ndarray, *, center: bool =
     """
     check_pair(activation, gradient)
     return relu(principal_projection(gradient * activation, center=center))
+
+
+METHODS = (
+    Method("eigencam", "First principal component of the activations (class-agnostic)",
+           "https://arxiv.org/abs/2008.00299", "gradient", map=eigencam, uses_gradient=False),
+    Method("eigengradcam", "First principal component of gradient × activation",
+           "https://github.com/jacobgil/pytorch-grad-cam", "gradient", map=eigengradcam),
+)

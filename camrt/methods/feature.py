@@ -1,38 +1,41 @@
 """Feature-perturbation family: the target activation is perturbed and only the layers after it
 (the graph's tail) are re-run, in streamed chunks.
 
-Each method has pure parts and one ``explore`` coroutine that the engine drives:
+Each method has pure parts and one ``explore`` coroutine that the engine drives (the contract is
+in `camrt.methods.contract`):
 
 * ``<method>_inputs(activation, chunk) -> Iterator[(k, C, h, w)]`` yields the perturbed copies of
   one image's activation ``(C, h, w)``, at most `chunk` at a time (never all at once), in a fixed
-  order; ``<method>_count(activation)`` says how many there are in all.
-* ``<method>(activation, scores, base) -> (1, h, w)`` makes the map from the class scores of the
-  copies (in that order) and the score of the unperturbed activation; `Method.score` says
-  whether the engine passes logits (``"logit"``) or softmax probabilities (``"probability"``).
-* ``<method>_explore(activation, chunk=..., base=..., **options)`` yields batches of copies, is
-  sent each batch's class scores, and returns the map. Recursive methods (Ablation-CAM++) choose
-  their next copies from the scores of the last ones.
+  order; ``<method>_runs(activation, options)`` says how many there are in all.
+* ``<method>(activation, scores, ...) -> (1, h, w)`` makes the map from the class scores of the
+  copies (in that order); `Method.score` says whether the engine passes logits (``"logit"``) or
+  softmax probabilities (``"probability"``).
+* ``<method>_explore(ctx, options)`` yields batches of copies of ``ctx.activation``, is sent each
+  batch's class scores, and returns the map. Recursive methods (Ablation-CAM++) choose their next
+  copies from the scores of the last ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
+from camrt.checks import choice, number, positive_int
 from camrt.errors import InputError
-from camrt.methods._core import check_choice, check_chunk, check_count, check_number, combine, relu, scores_of
-
-Explore = Generator[np.ndarray, np.ndarray, np.ndarray]
+from camrt.methods._core import combine, relu, scores_of
+from camrt.methods.contract import Context, Explore, Method, NoOptions, Options
 
 
 def _check(activation: np.ndarray, chunk: int) -> None:
     if activation.ndim != 3:
         raise InputError(f"a feature-perturbation method takes one image's activation C×h×w, got {activation.shape}")
-    check_chunk(chunk)
+    positive_int(chunk, "chunk")
 
 
-def ablation_count(activation: np.ndarray) -> int:
+def ablation_runs(activation: np.ndarray, options: NoOptions | None = None) -> int:
+    """Ablation-CAM's tail runs: one per channel."""
     return int(activation.shape[0])
 
 
@@ -79,25 +82,32 @@ def ablationcam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.n
     return relu(combine(weights[None].astype(activation.dtype), activation))
 
 
-def ablation_explore(activation: np.ndarray, chunk: int, base: float) -> Explore:
+def ablation_explore(ctx: Context, options: NoOptions | None = None) -> Explore:
     """Ablation-CAM as a coroutine: C tail runs, then `ablationcam`."""
-    scores = yield from scores_of(ablation_inputs(activation, chunk))
-    return ablationcam(activation[None], scores, base)
+    scores = yield from scores_of(ablation_inputs(ctx.activation, ctx.chunk))
+    return ablationcam(ctx.activation[None], scores, ctx.need("base"))
 
 
-def ablationpp_count(activation: np.ndarray, groups: int = 16, threshold: float = 0.5) -> int:
+@dataclass(frozen=True)
+class AblationPPOptions(Options):
+    """groups: groups of the first round; threshold: fraction of the round's largest |drop| above
+    which a group is split."""
+
+    groups: int = 16
+    threshold: float = 0.5
+
+    def _checked(self) -> dict:
+        return {"groups": positive_int(self.groups, "option groups"),
+                "threshold": number(self.threshold, "option threshold", 0.0, 1.0)}
+
+
+def ablationpp_runs(activation: np.ndarray, options: AblationPPOptions) -> int:
     """An upper bound of the tail runs of Ablation-CAM++: every group split down to single channels."""
-    c, g = activation.shape[0], check_count(groups, "groups")
+    c, g = activation.shape[0], options.groups
     return int(min(g, c) + 2 * max(c - min(g, c), 0))
 
 
-def ablationpp_check(groups: object = 16, threshold: object = 0.5) -> dict:
-    """Ablation-CAM++'s options, checked (InputError naming the bad one)."""
-    return {"groups": check_count(groups, "groups"), "threshold": check_number(threshold, "threshold", 0.0, 1.0)}
-
-
-def ablationpp_explore(activation: np.ndarray, chunk: int, base: float, groups: int = 16,
-                       threshold: float = 0.5) -> Explore:
+def ablationpp_explore(ctx: Context, options: AblationPPOptions) -> Explore:
     """Ablation-CAM++: grouped, recursive ablation, fewer tail runs than Ablation-CAM.
 
     The ICIP 2022 paper (Ablation-CAM++, "grouped recursive" ablation) was not readable here; this
@@ -121,17 +131,15 @@ def ablationpp_explore(activation: np.ndarray, chunk: int, base: float, groups: 
     Paper: https://ieeexplore.ieee.org/document/9897876 (Ablation-CAM++, ICIP 2022)
 
     Args:
-        activation: one image's activation ``(C, h, w)``.
-        chunk: ablated copies per tail run.
-        base: ``y_c`` of the unperturbed activation (non-zero).
-        groups: number of groups in the first round.
-        threshold: fraction of the round's largest |drop| above which a group is split.
+        ctx: one image's ``activation`` ``(C, h, w)``, ``chunk`` ablated copies per tail run, and
+            ``base``, ``y_c`` of the unperturbed activation (non-zero).
+        options: ``groups`` and ``threshold``.
 
     Returns:
         Saliency map ``(1, h, w)`` after ReLU.
     """
-    _check(activation, chunk)
-    groups, threshold = ablationpp_check(groups, threshold).values()
+    activation, chunk, base = ctx.activation, ctx.chunk, ctx.need("base")
+    groups, threshold = options.groups, options.threshold
     c = activation.shape[0]
     order = np.argsort(-activation.reshape(c, -1).mean(axis=1), kind="stable")
     pending = [part for part in np.array_split(order, min(groups, c)) if len(part)]
@@ -158,12 +166,18 @@ _KERNELS = {
 }
 
 
-def reciprocam_check(kernel: object = "onehot") -> dict:
-    """Recipro-CAM's option, checked."""
-    return {"kernel": check_choice(kernel, "kernel", tuple(_KERNELS))}
+@dataclass(frozen=True)
+class ReciproCAMOptions(Options):
+    """kernel: ``"onehot"`` (the paper's first version) or ``"gaussian"`` (the later 3×3 masks)."""
+
+    kernel: str = "onehot"
+
+    def _checked(self) -> dict:
+        return {"kernel": choice(self.kernel, "option kernel", tuple(_KERNELS))}
 
 
-def reciprocam_count(activation: np.ndarray, kernel: str = "onehot") -> int:
+def reciprocam_runs(activation: np.ndarray, options: ReciproCAMOptions | None = None) -> int:
+    """Recipro-CAM's tail runs: one per position of the feature map."""
     return int(activation.shape[1] * activation.shape[2])
 
 
@@ -172,7 +186,7 @@ def reciprocam_inputs(activation: np.ndarray, chunk: int, kernel: str = "onehot"
     (i, j) in copy i·w + j, the activation multiplied by the kernel centred there (one-hot: that
     position's features alone; Gaussian: the 3×3 kernel, cut at the borders), zeros elsewhere."""
     _check(activation, chunk)
-    k = _KERNELS[reciprocam_check(kernel)["kernel"]]
+    k = _KERNELS[ReciproCAMOptions(kernel).kernel]
     r = k.shape[0] // 2
     c, h, w = activation.shape
     for start in range(0, h * w, chunk):
@@ -184,7 +198,7 @@ def reciprocam_inputs(activation: np.ndarray, chunk: int, kernel: str = "onehot"
         yield activation[None] * masks[:, None, r:r + h, r:r + w]
 
 
-def reciprocam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+def reciprocam(activation: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Recipro-CAM: the class probability the tail gives to each position's features alone.
 
     ``L(i, j) = softmax(f_tail(A ⊙ m_ij))_c``, with ``m_ij`` the one-hot spatial mask of position
@@ -196,7 +210,6 @@ def reciprocam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.nd
     Args:
         activation: the unperturbed activation, ``(1, C, h, w)``.
         scores: the class probabilities of the h·w masked copies, in row-major position order.
-        base: unused (the unperturbed probability), accepted for the common signature.
 
     Returns:
         Saliency map ``(1, h, w)`` (probabilities, non-negative).
@@ -205,7 +218,21 @@ def reciprocam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.nd
     return np.asarray(scores, dtype=activation.dtype).reshape(1, h, w)
 
 
-def reciprocam_explore(activation: np.ndarray, chunk: int, base: float, kernel: str = "onehot") -> Explore:
+def reciprocam_explore(ctx: Context, options: ReciproCAMOptions) -> Explore:
     """Recipro-CAM as a coroutine: h·w tail runs, then `reciprocam`."""
-    scores = yield from scores_of(reciprocam_inputs(activation, chunk, kernel))
-    return reciprocam(activation[None], scores, base)
+    scores = yield from scores_of(reciprocam_inputs(ctx.activation, ctx.chunk, options.kernel))
+    return reciprocam(ctx.activation[None], scores)
+
+
+METHODS = (
+    Method("ablationcam", "Relative drop of the class score when each channel is zeroed (tail re-runs)",
+           "https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_"
+           "Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html", "feature",
+           explore=ablation_explore, runs=ablation_runs, uses_gradient=False),
+    Method("ablationcam++", "Ablation-CAM on channel groups, split recursively where they matter",
+           "https://ieeexplore.ieee.org/document/9897876", "feature", options=AblationPPOptions,
+           explore=ablationpp_explore, runs=ablationpp_runs, uses_gradient=False),
+    Method("reciprocam", "Class probability of each position's features alone (tail re-runs)",
+           "https://arxiv.org/abs/2209.14074", "feature", options=ReciproCAMOptions, explore=reciprocam_explore,
+           runs=reciprocam_runs, score="probability", uses_gradient=False),
+)

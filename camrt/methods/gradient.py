@@ -12,6 +12,7 @@ import numpy as np
 
 from camrt.errors import InputError
 from camrt.methods._core import check_pair, combine, relu
+from camrt.methods.contract import Method
 
 # CAM: how far a channel's gradient may vary over the map (relative to its largest magnitude in the
 # image) and still count as spatially constant. A GAP -> linear head gives exactly equal values; rounding
@@ -256,3 +257,23 @@ def abscam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
         InputError: if the shapes are wrong.
     """
     return relu(abscam_channel_maps(activation, gradient).sum(axis=1))
+
+
+METHODS = (
+    Method("cam", "Classifier weights of the class (global-average-pool → linear heads only)",
+           "https://arxiv.org/abs/1512.04150", "gradient", map=cam),
+    Method("gradcam", "Activations weighted by the spatial mean of their gradient",
+           "https://arxiv.org/abs/1610.02391", "gradient", map=gradcam),
+    Method("gradcam++", "Grad-CAM with pixel-wise weights from second and third gradient powers",
+           "https://arxiv.org/abs/1710.11063", "gradient", map=gradcampp),
+    Method("xgradcam", "Gradients averaged with the normalised activations as weights",
+           "https://arxiv.org/abs/2008.02312", "gradient", map=xgradcam),
+    Method("layercam", "Each activation weighted by its own positive gradient",
+           "https://ieeexplore.ieee.org/document/9462463", "gradient", map=layercam),
+    Method("hirescam", "Element-wise gradient × activation summed over channels",
+           "https://arxiv.org/abs/2011.08891", "gradient", map=hirescam),
+    Method("gradcam-elementwise", "Positive parts of gradient × activation summed over channels",
+           "https://github.com/jacobgil/pytorch-grad-cam", "gradient", map=gradcam_elementwise),
+    Method("abscam", "Activations weighted by the mean absolute gradient (Abs-CAM initial map)",
+           "https://arxiv.org/abs/2207.03648", "gradient", map=abscam),
+)

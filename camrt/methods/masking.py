@@ -4,44 +4,29 @@ gradient branch) in streamed chunks: Score-CAM, SS-CAM, IS-CAM, Group-CAM and RI
 Masks exist only per chunk: Score-CAM on resnet50's layer4 has 2048 masked 3×224×224 inputs
 (1.2 GB) per image, and none of the methods here ever holds more than `chunk` of them.
 
-Each method has an ``<method>_explore(x, activation, chunk=..., **needs, **options)`` coroutine
-that the engine drives: it yields a batch of masked inputs, is sent their class scores (logits or
-probabilities, as `Method.score` says), and returns the map. ``x`` is one preprocessed image
-``(C_in, H, W)`` and ``activation`` its target-layer activation ``(C, h, w)``. Randomised methods
-draw from ``numpy.random.default_rng(seed)`` in a fixed order, so a seed gives the same map
-whatever the chunk size.
+Each method has an options class and an ``<method>_explore(ctx, options)`` coroutine that the
+engine drives (the contract is in `camrt.methods.contract`): it yields a batch of masked inputs,
+is sent their class scores (logits or probabilities, as `Method.score` says), and returns the
+map. ``ctx.x`` is one preprocessed image ``(C_in, H, W)`` and ``ctx.activation`` its target-layer
+activation ``(C, h, w)``. Randomised methods draw from ``numpy.random.default_rng(ctx.seed)`` in a
+fixed order, so a seed gives the same map whatever the chunk size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
+from camrt.checks import choice, flag, number, positive_int
 from camrt.errors import InputError
-from camrt.methods._core import (
-    check_choice,
-    check_chunk,
-    check_count,
-    check_flag,
-    check_number,
-    combine,
-    normalize,
-    relu,
-    scores_of,
-    softmax,
-    upsample,
-)
-
-Explore = Generator[np.ndarray, np.ndarray, np.ndarray]
+from camrt.methods._core import combine, normalize, relu, scores_of, softmax, upsample
+from camrt.methods.contract import Context, Explore, Method, NoOptions, Options
 
 
 def _check(x: np.ndarray, activation: np.ndarray, chunk: int) -> None:
-    if activation.ndim != 3:
-        raise InputError(f"an input-masking method takes one image's activation C×h×w, got {activation.shape}")
-    if x.ndim != 3:
-        raise InputError(f"an input-masking method takes one image C×H×W, got {x.shape}")
-    check_chunk(chunk)
+    Context(activation, x, chunk=chunk)  # the checks of a Context
 
 
 def _constant_channels(activation: np.ndarray) -> np.ndarray:
@@ -64,7 +49,8 @@ def _softmax_weighted(s: np.ndarray, activation: np.ndarray) -> np.ndarray:
 # Score-CAM ---------------------------------------------------------------------------------------
 
 
-def scorecam_count(activation: np.ndarray) -> int:
+def scorecam_runs(activation: np.ndarray, options: NoOptions | None = None) -> int:
+    """Score-CAM's forward runs: one per non-constant channel, one shared by the constant ones."""
     constant = _constant_channels(activation)
     return int((~constant).sum() + constant.any())
 
@@ -93,7 +79,7 @@ def _spread(activation: np.ndarray, given: np.ndarray) -> np.ndarray:
     return s
 
 
-def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndarray:
+def scorecam(activation: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Score-CAM: channels weighted by the class score of the input masked with their own map.
 
     ``L = ReLU(Σ_k w_k A_k)``, ``w = softmax_k(y_c(x ⊙ M_k) − y_c(x_b))``, ``M_k = norm(up(A_k))``;
@@ -107,7 +93,6 @@ def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndar
         activation: the activation, ``(1, C, h, w)``.
         scores: ``y_c(x ⊙ M_k)`` in the order of `scorecam_inputs` (non-constant channels, then the
             zero mask's score if any channel is constant).
-        base: ``y_c(x)`` (cancels in the softmax; accepted for the common signature).
 
     Returns:
         Saliency map ``(1, h, w)`` after ReLU.
@@ -116,10 +101,10 @@ def scorecam(activation: np.ndarray, scores: np.ndarray, base: float) -> np.ndar
     return _softmax_weighted(s, activation[0])
 
 
-def scorecam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, base: float) -> Explore:
+def scorecam_explore(ctx: Context, options: NoOptions | None = None) -> Explore:
     """Score-CAM as a coroutine: one forward run per non-constant channel (+1), then `scorecam`."""
-    scores = yield from scores_of(scorecam_inputs(x, activation, chunk))
-    return scorecam(activation[None], scores, base)
+    scores = yield from scores_of(scorecam_inputs(ctx.need("x"), ctx.activation, ctx.chunk))
+    return scorecam(ctx.activation[None], scores)
 
 
 # SS-CAM ------------------------------------------------------------------------------------------
@@ -127,18 +112,26 @@ def scorecam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, base: fl
 _NOISE = ("mask", "input")
 
 
-def sscam_check(n: object = 35, sigma: object = 2.0, noise: object = "mask") -> dict:
-    """SS-CAM's options, checked."""
-    return {"n": check_count(n, "n"), "sigma": check_number(sigma, "sigma"),
-            "noise": check_choice(noise, "noise", _NOISE)}
+@dataclass(frozen=True)
+class SSCAMOptions(Options):
+    """n: noisy copies per channel; sigma: standard deviation of the noise; noise: where it goes
+    (``"mask"`` or ``"input"``)."""
+
+    n: int = 35
+    sigma: float = 2.0
+    noise: str = "mask"
+
+    def _checked(self) -> dict:
+        return {"n": positive_int(self.n, "option n"), "sigma": number(self.sigma, "option sigma"),
+                "noise": choice(self.noise, "option noise", _NOISE)}
 
 
-def sscam_count(activation: np.ndarray, n: int = 35, sigma: float = 2.0, noise: str = "mask") -> int:
-    return int(activation.shape[0]) * check_count(n, "n")
+def sscam_runs(activation: np.ndarray, options: SSCAMOptions) -> int:
+    """SS-CAM's forward runs: n per channel."""
+    return int(activation.shape[0]) * options.n
 
 
-def sscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n: int = 35,
-                  sigma: float = 2.0, noise: str = "mask") -> Explore:
+def sscam_explore(ctx: Context, options: SSCAMOptions) -> Explore:
     """SS-CAM: Score-CAM with each channel's score averaged over `n` noisy copies.
 
     ``w = softmax_k((1/n) Σ_i y_c(x̃_ik))`` and ``L = ReLU(Σ_k w_k A_k)``, with
@@ -155,21 +148,18 @@ def sscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, 
     Paper: https://arxiv.org/abs/2006.14255
 
     Args:
-        x: one preprocessed image ``(C_in, H, W)``.
-        activation: its activation ``(C, h, w)``.
-        chunk: masked inputs per forward run.
-        seed: seed of the noise.
-        n: noisy copies per channel (TorchCAM: 35).
-        sigma: standard deviation of the noise (TorchCAM: 2.0).
-        noise: where the noise goes, ``"mask"`` or ``"input"``.
+        ctx: one preprocessed image ``x`` ``(C_in, H, W)``, its ``activation`` ``(C, h, w)``, the
+            ``chunk`` of masked inputs per forward run and the ``seed`` of the noise.
+        options: ``n`` noisy copies per channel (TorchCAM: 35), noise ``sigma`` (TorchCAM: 2.0),
+            and where the ``noise`` goes, ``"mask"`` or ``"input"``.
 
     Returns:
         Saliency map ``(1, h, w)`` after ReLU.
     """
-    _check(x, activation, chunk)
-    n, sigma, noise = sscam_check(n, sigma, noise).values()
+    x, activation, chunk = ctx.need("x"), ctx.activation, ctx.chunk
+    n, sigma, noise = options.n, options.sigma, options.noise
     c = activation.shape[0]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(ctx.seed)
 
     def batches() -> Iterator[np.ndarray]:
         pairs = np.arange(n * c)
@@ -197,18 +187,24 @@ def _iscam_scales(n: int, cumulative: bool) -> np.ndarray:
     return np.cumsum(scales) if cumulative else scales
 
 
-def iscam_check(n: object = 10, cumulative: object = False) -> dict:
-    """IS-CAM's options, checked."""
-    return {"n": check_count(n, "n"), "cumulative": check_flag(cumulative, "cumulative")}
+@dataclass(frozen=True)
+class ISCAMOptions(Options):
+    """n: integration steps; cumulative: scale by the running sum of i/n (the authors' code)."""
+
+    n: int = 10
+    cumulative: bool = False
+
+    def _checked(self) -> dict:
+        return {"n": positive_int(self.n, "option n"), "cumulative": flag(self.cumulative, "option cumulative")}
 
 
-def iscam_count(activation: np.ndarray, n: int = 10, cumulative: bool = False) -> int:
+def iscam_runs(activation: np.ndarray, options: ISCAMOptions) -> int:
+    """IS-CAM's forward runs: n per non-constant channel, one shared by the constant ones."""
     constant = _constant_channels(activation)
-    return int((~constant).sum()) * check_count(n, "n") + int(constant.any())
+    return int((~constant).sum()) * options.n + int(constant.any())
 
 
-def iscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, n: int = 10,
-                  cumulative: bool = False) -> Explore:
+def iscam_explore(ctx: Context, options: ISCAMOptions) -> Explore:
     """IS-CAM: Score-CAM with each channel's score integrated over masks scaled from 0 to 1.
 
     ``s_k = (1/n) Σ_{i=1..n} y_c(x ⊙ (i/n) M_k)``, ``w = softmax_k(s)``, ``L = ReLU(Σ_k w_k A_k)``,
@@ -220,17 +216,16 @@ def iscam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, n: int = 10
     Paper: https://arxiv.org/abs/2010.03023
 
     Args:
-        x: one preprocessed image ``(C_in, H, W)``.
-        activation: its activation ``(C, h, w)``.
-        chunk: masked inputs per forward run.
-        n: integration steps (TorchCAM: 10).
-        cumulative: scale by the running sum of i/n (the authors' and TorchCAM's code).
+        ctx: one preprocessed image ``x`` ``(C_in, H, W)``, its ``activation`` ``(C, h, w)`` and the
+            ``chunk`` of masked inputs per forward run.
+        options: ``n`` integration steps (TorchCAM: 10); ``cumulative``: scale by the running sum of
+            i/n (the authors' and TorchCAM's code).
 
     Returns:
         Saliency map ``(1, h, w)`` after ReLU.
     """
-    _check(x, activation, chunk)
-    n, cumulative = iscam_check(n, cumulative).values()
+    x, activation, chunk = ctx.need("x"), ctx.activation, ctx.chunk
+    n, cumulative = options.n, options.cumulative
     scales = _iscam_scales(n, cumulative).astype(np.float32)
     sources = np.flatnonzero(~_constant_channels(activation))
     m = len(sources)
@@ -266,22 +261,28 @@ def gaussian_blur(x: np.ndarray, kernel: int = 51, sigma: float = 50.0) -> np.nd
     return sum(k[i] * rows[:, :, i:i + x.shape[2]] for i in range(kernel)).astype(x.dtype)
 
 
-def groupcam_check(groups: object = 32, blur_kernel: object = 51, blur_sigma: object = 50.0) -> dict:
-    """Group-CAM's options, checked."""
-    blur_kernel = check_count(blur_kernel, "blur_kernel")
-    if blur_kernel % 2 == 0:
-        raise InputError(f"option blur_kernel must be odd, got {blur_kernel}")
-    return {"groups": check_count(groups, "groups"), "blur_kernel": blur_kernel,
-            "blur_sigma": check_number(blur_sigma, "blur_sigma", positive=True)}
+@dataclass(frozen=True)
+class GroupCAMOptions(Options):
+    """groups: channel groups G (paper: 32); blur_kernel, blur_sigma: the Gaussian blur of the baseline."""
+
+    groups: int = 32
+    blur_kernel: int = 51
+    blur_sigma: float = 50.0
+
+    def _checked(self) -> dict:
+        blur_kernel = positive_int(self.blur_kernel, "option blur_kernel")
+        if blur_kernel % 2 == 0:
+            raise InputError(f"option blur_kernel must be odd, got {blur_kernel}")
+        return {"groups": positive_int(self.groups, "option groups"), "blur_kernel": blur_kernel,
+                "blur_sigma": number(self.blur_sigma, "option blur_sigma", positive=True)}
 
 
-def groupcam_count(activation: np.ndarray, groups: int = 32, blur_kernel: int = 51,
-                   blur_sigma: float = 50.0) -> int:
-    return min(check_count(groups, "groups"), int(activation.shape[0])) + 1
+def groupcam_runs(activation: np.ndarray, options: GroupCAMOptions) -> int:
+    """Group-CAM's forward runs: one per group, plus the blurred baseline."""
+    return min(options.groups, int(activation.shape[0])) + 1
 
 
-def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray, chunk: int,
-                     groups: int = 32, blur_kernel: int = 51, blur_sigma: float = 50.0) -> Explore:
+def groupcam_explore(ctx: Context, options: GroupCAMOptions) -> Explore:
     """Group-CAM: gradient-weighted channel groups as masks that keep the input over a blurred copy.
 
     ``α_k = mean_ij G_kij``; channels split into G groups of consecutive channels;
@@ -293,20 +294,15 @@ def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray
     Paper: https://arxiv.org/abs/2103.13859
 
     Args:
-        x: one preprocessed image ``(C_in, H, W)``.
-        activation: its activation ``(C, h, w)``.
-        gradient: ``∂y_c/∂A`` for the same image, ``(C, h, w)``.
-        chunk: masked inputs per forward run.
-        groups: number of channel groups G (paper: 32).
-        blur_kernel, blur_sigma: the Gaussian blur of the baseline.
+        ctx: one preprocessed image ``x`` ``(C_in, H, W)``, its ``activation`` ``(C, h, w)`` and
+            ``gradient`` ``∂y_c/∂A`` (same shape), and the ``chunk`` of masked inputs per forward run.
+        options: ``groups`` (paper: 32), and ``blur_kernel``, ``blur_sigma`` of the baseline's blur.
 
     Returns:
         Saliency map ``(1, H, W)`` (non-negative).
     """
-    _check(x, activation, chunk)
-    groups, blur_kernel, blur_sigma = groupcam_check(groups, blur_kernel, blur_sigma).values()
-    if gradient.shape != activation.shape:
-        raise InputError(f"gradient {gradient.shape} must have the activation's shape {activation.shape}")
+    x, activation, gradient, chunk = ctx.need("x"), ctx.activation, ctx.need("gradient"), ctx.chunk
+    groups, blur_kernel, blur_sigma = options.groups, options.blur_kernel, options.blur_sigma
     alpha = gradient.reshape(len(gradient), -1).mean(axis=1)
     parts = np.array_split(np.arange(activation.shape[0]), min(groups, activation.shape[0]))
     low = np.stack([relu((alpha[p, None, None] * activation[p]).sum(axis=0)) for p in parts])  # no BLAS
@@ -331,18 +327,26 @@ def groupcam_explore(x: np.ndarray, activation: np.ndarray, gradient: np.ndarray
 # RISE --------------------------------------------------------------------------------------------
 
 
-def rise_check(n: object = 4000, cells: object = 7, p: object = 0.5) -> dict:
-    """RISE's options, checked."""
-    return {"n": check_count(n, "n"), "cells": check_count(cells, "cells"),
-            "p": check_number(p, "p", 0.0, 1.0, positive=True)}
+@dataclass(frozen=True)
+class RISEOptions(Options):
+    """n: number of masks (paper: 4000 for ResNet50); cells: grid size (paper: 7); p: probability
+    that a cell is kept (paper: 0.5)."""
+
+    n: int = 4000
+    cells: int = 7
+    p: float = 0.5
+
+    def _checked(self) -> dict:
+        return {"n": positive_int(self.n, "option n"), "cells": positive_int(self.cells, "option cells"),
+                "p": number(self.p, "option p", 0.0, 1.0, positive=True)}
 
 
-def rise_count(activation: np.ndarray, n: int = 4000, cells: int = 7, p: float = 0.5) -> int:
-    return check_count(n, "n")
+def rise_runs(activation: np.ndarray, options: RISEOptions) -> int:
+    """RISE's forward runs: one per mask."""
+    return options.n
 
 
-def rise_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n: int = 4000, cells: int = 7,
-                 p: float = 0.5) -> Explore:
+def rise_explore(ctx: Context, options: RISEOptions) -> Explore:
     """RISE: the class probability of the input under random smooth masks, averaged per pixel.
 
     ``S = Σ_i p_c(x ⊙ M_i) M_i / (n · p)``. Each mask: a `cells`×`cells` grid of independent
@@ -357,19 +361,15 @@ def rise_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n
     Paper: https://arxiv.org/abs/1806.07421
 
     Args:
-        x: one preprocessed image ``(C_in, H, W)``.
-        activation: its activation (unused; accepted for the common signature).
-        chunk: masked inputs per forward run.
-        seed: seed of the masks.
-        n: number of masks (paper: 4000 for ResNet50).
-        cells: grid size s (paper: 7).
-        p: probability that a cell is kept (paper: 0.5).
+        ctx: one preprocessed image ``x`` ``(C_in, H, W)``, the ``chunk`` of masked inputs per
+            forward run and the ``seed`` of the masks (the activation is not used).
+        options: ``n`` masks, grid size ``cells``, keep probability ``p``.
 
     Returns:
         Saliency map ``(1, H, W)``.
     """
-    _check(x, activation, chunk)
-    n, cells, p = rise_check(n, cells, p).values()
+    x, chunk, seed = ctx.need("x"), ctx.chunk, ctx.seed
+    n, cells, p = options.n, options.cells, options.p
     h, w = x.shape[1:]
     ch, cw = -(-h // cells), -(-w // cells)
     rng = np.random.default_rng(seed)
@@ -384,3 +384,21 @@ def rise_explore(x: np.ndarray, activation: np.ndarray, chunk: int, seed: int, n
         saliency[0] += (scores[:, None, None] * masks).sum(axis=0)
     saliency /= n * p
     return saliency
+
+
+METHODS = (
+    Method("scorecam", "Softmax over channels of the class score of the input masked by each channel",
+           "https://arxiv.org/abs/1910.01279", "input", explore=scorecam_explore, runs=scorecam_runs,
+           uses_gradient=False),
+    Method("sscam", "Score-CAM with scores averaged over noisy masks", "https://arxiv.org/abs/2006.14255", "input",
+           options=SSCAMOptions, explore=sscam_explore, runs=sscam_runs, uses_gradient=False),
+    Method("iscam", "Score-CAM with scores integrated over masks scaled from 0 to 1",
+           "https://arxiv.org/abs/2010.03023", "input", options=ISCAMOptions, explore=iscam_explore,
+           runs=iscam_runs, uses_gradient=False),
+    Method("groupcam", "Gradient-weighted channel groups scored as masks over a blurred input",
+           "https://arxiv.org/abs/2103.13859", "input", options=GroupCAMOptions, explore=groupcam_explore,
+           runs=groupcam_runs, score="probability"),
+    Method("rise", "Class probability under random smooth masks, averaged per pixel (model-agnostic)",
+           "https://arxiv.org/abs/1806.07421", "input", options=RISEOptions, explore=rise_explore, runs=rise_runs,
+           score="probability", uses_gradient=False),
+)

@@ -6,22 +6,13 @@ chain rule (normalisation, upsampling, softmax of the channel weights) is comput
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 
-from camrt.errors import InputError
-from camrt.methods._core import (
-    _interpolation_taps,
-    check_chunk,
-    check_count,
-    check_number,
-    normalize,
-    softmax,
-    upsample,
-)
-
-Explore = Generator[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]
+from camrt.checks import number, positive_int
+from camrt.methods._core import _interpolation_taps, normalize, softmax, upsample
+from camrt.methods.contract import Context, Explore, Method, Options
 
 
 def upsample_adjoint(grad: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -78,16 +69,23 @@ def opticam_gradient(activation: np.ndarray, u: np.ndarray, x: np.ndarray, input
     return _gradient(activation, w, up, x, input_gradient)
 
 
-def opticam_check(steps: object = 100, lr: object = 0.1) -> dict:
-    """Opti-CAM's options, checked."""
-    return {"steps": check_count(steps, "steps"), "lr": check_number(lr, "lr", positive=True)}
+@dataclass(frozen=True)
+class OptiCAMOptions(Options):
+    """steps: Adam steps; lr: Adam learning rate (the paper: 100 steps, 0.1)."""
+
+    steps: int = 100
+    lr: float = 0.1
+
+    def _checked(self) -> dict:
+        return {"steps": positive_int(self.steps, "option steps"), "lr": number(self.lr, "option lr", positive=True)}
 
 
-def opticam_count(activation: np.ndarray, steps: int = 100, lr: float = 0.1) -> int:
-    return check_count(steps, "steps")
+def opticam_runs(activation: np.ndarray, options: OptiCAMOptions) -> int:
+    """Opti-CAM's forward and input-gradient runs: one per step."""
+    return options.steps
 
 
-def opticam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, steps: int = 100, lr: float = 0.1) -> Explore:
+def opticam_explore(ctx: Context, options: OptiCAMOptions) -> Explore:
     """Opti-CAM: the channel weights that maximise the class logit of the masked input.
 
     ``u* = argmax_u y_c(x ⊙ M(u))``, ``M(u) = norm(up(Σ_k softmax(u)_k A_k))``, found by gradient
@@ -100,20 +98,15 @@ def opticam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, steps: in
     Paper: https://arxiv.org/abs/2301.07002
 
     Args:
-        x: one preprocessed image ``(C_in, H, W)``.
-        activation: its activation ``(C, h, w)``.
-        chunk: unused (each step depends on the last), accepted for the common signature.
-        steps: Adam steps.
-        lr: Adam learning rate.
+        ctx: one preprocessed image ``x`` ``(C_in, H, W)`` and its ``activation`` ``(C, h, w)``
+            (one copy per step: the chunk does not apply, each step depends on the last).
+        options: Adam ``steps`` and learning rate ``lr``.
 
     Returns:
         Saliency map ``(1, h, w)``.
     """
-    check_chunk(chunk)
-    if activation.ndim != 3 or x.ndim != 3:
-        raise InputError(f"Opti-CAM takes one image C×H×W and its activation C×h×w, got {x.shape} and "
-                         f"{activation.shape}")
-    steps, lr = opticam_check(steps, lr).values()
+    x, activation = ctx.need("x"), ctx.activation
+    steps, lr = options.steps, options.lr
     a = activation.astype(np.float64)
     u = np.zeros(len(a))
     m1, m2 = np.zeros_like(u), np.zeros_like(u)
@@ -129,3 +122,10 @@ def opticam_explore(x: np.ndarray, activation: np.ndarray, chunk: int, steps: in
         u = u - lr / (1 - beta1 ** t) * m1 / denom
     s, _ = opticam_mask(a, u, x.shape[1:])
     return s[None].astype(activation.dtype)
+
+
+METHODS = (
+    Method("opticam", "Channel weights optimised (Adam) to maximise the class score of the masked input",
+           "https://arxiv.org/abs/2301.07002", "input", options=OptiCAMOptions, explore=opticam_explore,
+           runs=opticam_runs, uses_gradient=False, input_gradient=True),
+)

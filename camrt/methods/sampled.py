@@ -1,9 +1,9 @@
 """Sampled family: methods that need the activation and gradient of several copies of the input.
 
-Each method has two pure functions:
+Each method has its options class and two pure functions:
 
-* ``<method>_samples(x, rng, **options) -> (N, S, C, H, W)`` builds the copies of a preprocessed
-  input batch ``x`` of shape ``(N, C, H, W)`` (float32).
+* ``<method>_samples(SampleContext, options) -> (N, S, C, H, W)`` builds the copies of a
+  preprocessed input batch ``x`` of shape ``(N, C, H, W)`` (float32).
 * ``<method>(activation, gradient, sample_activation, sample_gradient) -> (N, h, w)`` computes the
   saliency map (after ReLU, before normalisation/upsampling) from the target layer's activation
   and gradient of the unperturbed input, shape ``(N, C, h, w)``, and of the copies, shape
@@ -17,10 +17,14 @@ copies' activations and gradients back to ``(N, S, C, h, w)`` in the order ``sam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from camrt.checks import number, positive_int
 from camrt.errors import InputError
-from camrt.methods._core import check_count, check_number, check_pair, check_samples, combine, relu
+from camrt.methods._core import check_pair, check_samples, combine, relu
+from camrt.methods.contract import Method, Options, SampleContext
 from camrt.methods.gradient import gradcampp_weights
 
 
@@ -30,20 +34,31 @@ def _check_input(x: np.ndarray) -> None:
         raise InputError(f"x must be a floating array of shape (N, C, H, W), got {got}")
 
 
-def smoothgradcampp_check(n: object = 4, sigma: object = 0.3) -> dict:
-    """Smooth Grad-CAM++'s options, checked."""
-    return {"n": check_count(n, "n"), "sigma": check_number(sigma, "sigma")}
+@dataclass(frozen=True)
+class SmoothGradCAMppOptions(Options):
+    """n: noisy copies per image; sigma: standard deviation of the noise (TorchCAM's 4 and 0.3)."""
+
+    n: int = 4
+    sigma: float = 0.3
+
+    def _checked(self) -> dict:
+        return {"n": positive_int(self.n, "option n"), "sigma": number(self.sigma, "option sigma")}
 
 
-def integratedgradcam_check(steps: object = 20) -> dict:
-    """Integrated Grad-CAM's option, checked."""
-    steps = check_count(steps, "steps")
-    if steps < 2:
-        raise InputError(f"option steps must be ≥ 2 (with 1 step Integrated Grad-CAM is Grad-CAM), got {steps}")
-    return {"steps": steps}
+@dataclass(frozen=True)
+class IntegratedGradCAMOptions(Options):
+    """steps: path points m, at least 2 (the authors' notebook uses 50; 20 keeps the one batched run smaller)."""
+
+    steps: int = 20
+
+    def _checked(self) -> dict:
+        steps = positive_int(self.steps, "option steps")
+        if steps < 2:
+            raise InputError(f"option steps must be ≥ 2 (with 1 step Integrated Grad-CAM is Grad-CAM), got {steps}")
+        return {"steps": steps}
 
 
-def smoothgradcampp_samples(x: np.ndarray, rng: np.random.Generator, *, n: int = 4, sigma: float = 0.3) -> np.ndarray:
+def smoothgradcampp_samples(ctx: SampleContext, options: SmoothGradCAMppOptions) -> np.ndarray:
     """Noisy copies of the input for Smooth Grad-CAM++: ``x + ε``, ``ε ~ N(0, σ²)`` i.i.d. per element.
 
     The noise is added in the model's preprocessed input space (TorchCAM's defaults n=4, σ=0.3).
@@ -51,23 +66,18 @@ def smoothgradcampp_samples(x: np.ndarray, rng: np.random.Generator, *, n: int =
     Paper: https://arxiv.org/abs/1908.01224
 
     Args:
-        x: preprocessed input batch, shape ``(N, C, H, W)``.
-        rng: the random generator to draw the noise from.
-        n: number of noisy copies per image.
-        sigma: standard deviation of the noise.
+        ctx: the preprocessed input batch ``x`` ``(N, C, H, W)`` and the generator to draw the noise from.
+        options: ``n`` copies per image, noise ``sigma``.
 
     Returns:
         Float32 copies of shape ``(N, n, C, H, W)``.
 
     Raises:
-        InputError: if `x` is not a 4-D floating array, `n < 1` or `sigma < 0`.
+        InputError: if `x` is not a 4-D floating array.
     """
+    x = ctx.x
     _check_input(x)
-    if int(n) != n or n < 1:
-        raise InputError(f"n (number of noisy copies) must be a positive integer, got {n}")
-    if not sigma >= 0:
-        raise InputError(f"sigma (noise standard deviation) must be >= 0, got {sigma}")
-    noise = rng.normal(0.0, sigma, size=(x.shape[0], int(n), *x.shape[1:]))
+    noise = ctx.rng.normal(0.0, options.sigma, size=(x.shape[0], options.n, *x.shape[1:]))
     return (x[:, None].astype(np.float64) + noise).astype(np.float32)
 
 
@@ -106,8 +116,7 @@ def smoothgradcampp(activation: np.ndarray, gradient: np.ndarray, sample_activat
     return relu(combine(weights, activation))
 
 
-def integratedgradcam_samples(x: np.ndarray, rng: np.random.Generator | None = None, *, baseline: np.ndarray,
-                              steps: int = 20) -> np.ndarray:
+def integratedgradcam_samples(ctx: SampleContext, options: IntegratedGradCAMOptions) -> np.ndarray:
     """Interior points of the straight path from a baseline to the input, for Integrated Grad-CAM.
 
     Copy ``l`` is ``b + (l/m)(x - b)`` for ``l = 1 … m-1``; the end point ``l = m`` is the
@@ -116,29 +125,26 @@ def integratedgradcam_samples(x: np.ndarray, rng: np.random.Generator | None = N
     Paper: https://arxiv.org/abs/2102.07805 (Sattarzadeh et al., ICASSP 2021)
 
     Args:
-        x: preprocessed input batch, shape ``(N, C, H, W)``.
-        rng: unused (the path is deterministic); accepted for the common ``samples`` signature.
-        baseline: the baseline in the model's preprocessed input space, broadcastable to `x`; for the
-            paper's black image pass the preprocessing of an all-zero image (e.g. ``-mean/std``
-            per channel), not zeros.
-        steps: number of path points ``m`` (at least 2; the authors' notebook uses 50, camrt's
-            default of 20 keeps the single batched run smaller).
+        ctx: the preprocessed input batch ``x`` ``(N, C, H, W)`` and the ``baseline`` in the same
+            space, broadcastable to it; for the paper's black image that is the preprocessing of an
+            all-zero image (``-mean/std`` per channel), not zeros. The path is deterministic: ``rng``
+            is not used.
+        options: ``steps``, the number of path points ``m``.
 
     Returns:
         Float32 copies of shape ``(N, m - 1, C, H, W)``, in path order.
 
     Raises:
-        InputError: if `x` is not a 4-D floating array, `steps < 2`, or `baseline` does not broadcast.
+        InputError: if `x` is not a 4-D floating array or `baseline` does not broadcast to it.
     """
+    x = ctx.x
     _check_input(x)
-    if int(steps) != steps or steps < 2:
-        raise InputError(f"steps must be an integer >= 2 (with 1 step Integrated Grad-CAM is Grad-CAM), got {steps}")
-    base = np.asarray(baseline, dtype=np.float64)
+    base = np.asarray(ctx.baseline, dtype=np.float64)
     try:
         base = np.broadcast_to(base, x.shape)
     except ValueError:
         raise InputError(f"baseline of shape {base.shape} does not broadcast to the input {x.shape}") from None
-    frac = np.arange(1, int(steps), dtype=np.float64) / steps
+    frac = np.arange(1, options.steps, dtype=np.float64) / options.steps
     path = base[:, None] + frac[None, :, None, None, None] * (x.astype(np.float64) - base)[:, None]
     return path.astype(np.float32)
 
@@ -177,3 +183,13 @@ def integratedgradcam(activation: np.ndarray, gradient: np.ndarray, sample_activ
     grads = np.concatenate([sample_gradient, gradient[:, None]], axis=1)
     per_point = relu(np.einsum("nlc,nlchw->nlhw", grads.mean(axis=(3, 4)), acts))
     return per_point.mean(axis=1)
+
+
+METHODS = (
+    Method("smoothgradcam++", "Grad-CAM++ with gradient powers averaged over noisy copies",
+           "https://arxiv.org/abs/1908.01224", "sampled", options=SmoothGradCAMppOptions, map=smoothgradcampp,
+           samples=smoothgradcampp_samples),
+    Method("integratedgradcam", "Grad-CAM terms integrated along the path from a black image",
+           "https://arxiv.org/abs/2102.07805", "sampled", options=IntegratedGradCAMOptions, map=integratedgradcam,
+           samples=integratedgradcam_samples),
+)

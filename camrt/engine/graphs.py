@@ -1,0 +1,110 @@
+"""The ONNX Runtime sessions of one camrt model: the full graph, and the sub-graphs cut from the
+same file on first use with `camrt.graph`'s passes (ONNX Runtime computes every node of a graph
+whatever outputs are asked for, so the methods that run the network many times must run graphs
+without the gradient branch). Plus `run_chunked`, the one loop that splits a batch into runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from camrt.engine.session import open_session
+from camrt.manifest import INPUT, INPUT_GRADIENT, LOGITS
+
+
+def run_chunked(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], chunk: int,
+                names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """`session`'s outputs `names` (None: all) for `feeds`, run `chunk` rows at a time: every feed
+    is split along its first axis and the outputs are concatenated, so the result is the same for
+    any chunk size and memory grows with the chunk, not with the batch."""
+    names = [o.name for o in session.get_outputs()] if names is None else list(names)
+    rows = len(next(iter(feeds.values())))
+    parts = [session.run(names, {k: v[s:s + chunk] for k, v in feeds.items()}) for s in range(0, max(rows, 1), chunk)]
+    if len(parts) == 1:
+        return dict(zip(names, parts[0], strict=True))
+    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The layers after a target layer: `session` takes the activation (and the `boundary` tensors
+    computed before the cut that the tail reads, such as a skip connection) and gives the logits;
+    `boundary_session` computes the boundary tensors from the input (None when there are none)."""
+
+    session: ort.InferenceSession
+    boundary_session: ort.InferenceSession | None
+    boundary: tuple[str, ...]
+
+    def crossing(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The boundary tensors of one preprocessed image batch `x` (empty when there are none)."""
+        if self.boundary_session is None:
+            return {}
+        return dict(zip(self.boundary, self.boundary_session.run(list(self.boundary), {INPUT: x}), strict=True))
+
+
+class Graphs:
+    """The sessions one `Engine` runs, each built once: the full graph (opened at construction), and
+    on first use the forward-only graph, the forward graph that also returns every target
+    activation, each layer's tail, and the logits + input-gradient graph. Sub-graph sessions never
+    spin: they take turns with each other and with the full graph."""
+
+    def __init__(self, path: str | os.PathLike, device: str, spinning: bool = True) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.full: ort.InferenceSession = open_session(self.path, device, spinning=spinning)
+        self._proto: onnx.ModelProto | None = None
+        self._forward: ort.InferenceSession | None = None
+        self._activations: ort.InferenceSession | None = None
+        self._input_gradient: ort.InferenceSession | None = None
+        self._tails: dict[str, Tail] = {}
+
+    def _open(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        return open_session(model.SerializeToString(), self.device, spinning=False)
+
+    def proto(self) -> onnx.ModelProto:
+        """The model file as a ModelProto, read once for all the sub-graphs cut from it."""
+        if self._proto is None:
+            self._proto = onnx.load(str(self.path))
+        return self._proto
+
+    def forward_only(self) -> ort.InferenceSession:
+        """The graph without its gradient branch: input → logits."""
+        if self._forward is None:
+            from camrt.graph import forward_only
+
+            self._forward = self._open(forward_only(self.proto()))
+        return self._forward
+
+    def activations(self, names: Sequence[str]) -> ort.InferenceSession:
+        """The forward-only graph that also returns the tensors `names` (the target activations)."""
+        if self._activations is None:
+            from camrt.graph import forward_only
+
+            self._activations = self._open(forward_only(self.proto(), list(names)))
+        return self._activations
+
+    def input_gradient(self) -> ort.InferenceSession:
+        """The sub-graph that computes only the logits and ∂y_c/∂input."""
+        if self._input_gradient is None:
+            from camrt.graph import keep_outputs
+
+            self._input_gradient = self._open(keep_outputs(self.proto(), [LOGITS, INPUT_GRADIENT]))
+        return self._input_gradient
+
+    def tail(self, layer: str) -> Tail:
+        """The graph from `layer`'s activation to the logits."""
+        if layer not in self._tails:
+            from camrt.graph import forward_only, tail
+
+            model = self.proto()
+            sub, boundary = tail(model, layer)
+            fwd = self._open(forward_only(model, boundary)) if boundary else None
+            self._tails[layer] = Tail(self._open(sub), fwd, tuple(boundary))
+        return self._tails[layer]
