@@ -16,6 +16,7 @@ from click.testing import CliRunner
 import camrt
 from camrt.cli import main
 from camrt.engine import Engine
+from camrt.engine import engine as engine_module
 from camrt.explain import served_methods
 from camrt.methods import METHODS
 from camrt.visual.overlay import grid, overlay, read_image
@@ -204,7 +205,8 @@ def test_methods_lists_every_method_and_its_options() -> None:
         if not line.startswith(" "):
             options[line.split()[0]] = following.strip() if following.startswith(" ") else None
     for name, m in METHODS.items():
-        expected = f"options: {', '.join(f'{k}={v}' for k, v in m.options.items())}" if m.options else None
+        defaults = m.options.defaults()
+        expected = f"options: {', '.join(f'{k}={v}' for k, v in defaults.items())}" if defaults else None
         assert options[name] == expected, name
     assert options["sscam"] == "options: n=35, sigma=2.0, noise=mask"
     assert options["rise"] == "options: n=4000, cells=7, p=0.5"
@@ -278,15 +280,15 @@ def test_ctrl_c_during_a_perturbation_method_exits_130_with_one_line(model_path,
                                                                      monkeypatch) -> None:
     """Ctrl-C arrives while the network re-runs: the first image's files stay, no traceback, exit 130."""
     runs = {"n": 0}
-    original = Engine._perturbation_map
+    original = engine_module.perturbation_map
 
-    def interrupted(self, *args, **kwargs):
+    def interrupted(*args, **kwargs):
         runs["n"] += 1
         if runs["n"] == 2:  # the second image
             raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(Engine, "_perturbation_map", interrupted)
+    monkeypatch.setattr(engine_module, "perturbation_map", interrupted)
     out = tmp_path / "out"
     result = invoke("explain", model_path, images["a"], images["c"], "-m", "ablationcam", "-o", out)
     assert result.exit_code == 130, (result.output, result.exception)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from camrt.errors import InputError
-from camrt.methods import METHODS, Method, combine, normalize, relu, upsample
+from camrt.methods import METHODS, Method, Options, combine, normalize, relu, upsample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_upsample_rejects_bad_arguments() -> None:
 
 def test_methods_table() -> None:
     assert list(METHODS) == ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
-                             "gradcam-elementwise", "eigencam", "eigengradcam", "abscam", "smoothgradcam++",
+                             "gradcam-elementwise", "abscam", "eigencam", "eigengradcam", "smoothgradcam++",
                              "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam",
                              "iscam", "groupcam", "rise", "opticam"]
     for name, method in METHODS.items():
@@ -84,7 +84,10 @@ def test_methods_table() -> None:
         assert method.paper.startswith("https://") and "\n" not in method.description
         assert method.family in ("gradient", "sampled", "feature", "input")
         assert (method.samples is not None) == (method.family == "sampled")
-        assert (method.explore is not None and method.count is not None) == (method.family in ("feature", "input"))
+        assert (method.map is not None) == (method.family in ("gradient", "sampled"))
+        assert (method.explore is not None and method.runs is not None) == method.perturbation
+        assert method.perturbation == (method.family in ("feature", "input"))
+        assert issubclass(method.options, Options) and method.configure({}) == method.options()
     assert [n for n, m in METHODS.items() if not m.uses_gradient] == [
         "eigencam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam", "iscam", "rise", "opticam"]
     with pytest.raises(AttributeError):
@@ -97,16 +100,17 @@ def test_gradient_family_runs_on_a_batch() -> None:
     gradient = np.broadcast_to(rng.standard_normal((2, 4, 1, 1)), activation.shape).astype(np.float32)
     for method in METHODS.values():
         if method.family == "gradient":
-            out = method.fn(activation, gradient)
+            out = method.map(activation, gradient)
             assert out.shape == (2, 3, 5) and np.all(out >= 0), method.name
-            np.testing.assert_allclose(method.fn(activation[1:], gradient[1:]), out[1:], rtol=1e-6, err_msg=method.name)
+            np.testing.assert_allclose(method.map(activation[1:], gradient[1:]), out[1:], rtol=1e-6,
+                                       err_msg=method.name)
 
 
 def test_gradient_family_rejects_mismatched_shapes() -> None:
     for method in METHODS.values():
         if method.family == "gradient" and method.uses_gradient:
             with pytest.raises(InputError, match="same shape"):
-                method.fn(np.ones((1, 2, 3, 3), np.float32), np.ones((1, 2, 3, 4), np.float32))
+                method.map(np.ones((1, 2, 3, 3), np.float32), np.ones((1, 2, 3, 4), np.float32))
 
 
 def test_import_methods_loads_numpy_only() -> None:
