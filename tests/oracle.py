@@ -1,4 +1,5 @@
-"""Eager-autograd oracle for the exported outputs, written independently of camrt's own check."""
+"""The tests' one eager-autograd oracle (`eager_cam`), written independently of camrt's own check,
+and brute-force definitions of the perturbation methods to compare the engine with."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ import numpy as np
 import torch
 
 
-def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray, layers: list[str],
-                      input_gradient: bool = False) -> dict:
-    """logits, class used, per layer the module output and d logits[n, c_n] / d output[n], and
-    with `input_gradient` "gradient.input" = d logits[n, c_n] / d x[n], computed in float64 on a
-    copy of the model: two float32 computations can disagree on ReLU ties, and float64 is the
-    closer truth (see camrt/exporter/verify.py for measurements)."""
-    model = copy.deepcopy(model).double().eval()
-    x = x.astype(np.float64)
+def eager_cam(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray | int, layers: list[str] | tuple[str, ...],
+              *, input_gradient: bool = False, output_index: int | None = None,
+              dtype: torch.dtype = torch.float64) -> dict[str, np.ndarray]:
+    """The tests' one eager-autograd oracle: logits, the class used, and per target layer its
+    output ("activation.L") and ∂ logits[n, c_n] / ∂ output[n] ("gradient.L"); with
+    `input_gradient` also "gradient.input" = ∂ logits[n, c_n] / ∂ x[n]. `class_idx` has length 1
+    or N; -1 means the top class. `output_index` picks the class scores of a model that returns
+    several outputs.
+
+    It runs on a copy of the model in eval mode (the caller's model is never changed), with
+    PyTorch's native kernels (oneDNN's convolution backward deviates ~1e-2 from float64 on CPU),
+    in float64 by default: two float32 computations can disagree on ReLU ties, and float64 is the
+    closer truth (see camrt/exporter/verify.py). `dtype=torch.float32` gives the yardstick, what
+    float32 PyTorch itself computes."""
+    model = copy.deepcopy(model).to(dtype).eval()
     modules = dict(model.named_modules())
     seen: dict[str, torch.Tensor] = {}
 
@@ -29,22 +37,30 @@ def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarr
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
     try:
-        xt = torch.from_numpy(x).requires_grad_(True)
-        logits = model(xt)
-        cls = torch.from_numpy(class_idx).expand(len(x))
-        used = torch.where(cls == -1, logits.argmax(1), cls)
-        score = sum(logits[i, used[i]] for i in range(len(x)))  # per-image scores, summed
-        grads = torch.autograd.grad(score, [seen[n] for n in layers] + ([xt] if input_gradient else []))
+        with torch.backends.mkldnn.flags(enabled=False):
+            xt = torch.from_numpy(np.asarray(x)).to(dtype).requires_grad_(True)
+            out = model(xt)
+            logits = out if output_index is None else out[output_index]
+            cls = torch.as_tensor(np.asarray(class_idx, dtype=np.int64).reshape(-1)).expand(len(xt))
+            used = torch.where(cls == -1, logits.argmax(1), cls)
+            score = logits[torch.arange(len(xt)), used].sum()  # per-image scores: images do not interact
+            grads = torch.autograd.grad(score, [seen[n] for n in layers] + ([xt] if input_gradient else []))
     finally:
         for h in handles:
             h.remove()
-    out = {"logits": logits.detach().numpy(), "class_idx_used": used.numpy()}
+    result = {"logits": logits.detach().numpy(), "class_idx_used": used.numpy()}
     for n, g in zip(layers, grads, strict=False):
-        out[f"activation.{n}"] = seen[n].detach().numpy()
-        out[f"gradient.{n}"] = g.numpy()
+        result[f"activation.{n}"] = seen[n].detach().numpy()
+        result[f"gradient.{n}"] = g.numpy()
     if input_gradient:
-        out["gradient.input"] = grads[-1].numpy()
-    return out
+        result["gradient.input"] = grads[-1].numpy()
+    return result
+
+
+def eager_cam_outputs(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray, layers: list[str],
+                      input_gradient: bool = False) -> dict:
+    """`eager_cam` in float64 (the name the exporter tests import)."""
+    return eager_cam(model, x, class_idx, layers, input_gradient=input_gradient)
 
 
 def assert_close(name: str, got: np.ndarray, ref: np.ndarray, rtol: float = 1e-4, max_flipped: float = 0.0) -> None:
@@ -80,25 +96,8 @@ def assert_gradient_close(name: str, got: np.ndarray, ref: np.ndarray, yardstick
 def eager_float32_gradients(model: torch.nn.Module, x: np.ndarray, class_idx: np.ndarray,
                             layers: list[str], input_gradient: bool = False) -> dict[str, np.ndarray]:
     """The yardstick: the same gradients by float32 eager autograd with PyTorch's native kernels."""
-    modules = dict(model.eval().named_modules())
-    seen: dict[str, torch.Tensor] = {}
-    handles = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: (seen.__setitem__(n, o), o.clone())[1])
-               for n in layers]
-    try:
-        with torch.backends.mkldnn.flags(enabled=False):
-            xt = torch.from_numpy(x).requires_grad_(True)
-            logits = model(xt)
-            cls = torch.from_numpy(class_idx).expand(len(x))
-            used = torch.where(cls == -1, logits.argmax(1), cls)
-            wrt = [seen[n] for n in layers] + ([xt] if input_gradient else [])
-            grads = torch.autograd.grad(logits[torch.arange(len(x)), used].sum(), wrt)
-    finally:
-        for h in handles:
-            h.remove()
-    out = {f"gradient.{n}": g.numpy() for n, g in zip(layers, grads, strict=False)}
-    if input_gradient:
-        out["gradient.input"] = grads[-1].numpy()
-    return out
+    out = eager_cam(model, x, class_idx, layers, input_gradient=input_gradient, dtype=torch.float32)
+    return {k: v for k, v in out.items() if k.startswith("gradient.")}
 
 
 # Perturbation methods: a harness for their explore coroutines and brute-force definitions.

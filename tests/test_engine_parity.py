@@ -9,7 +9,7 @@ is compared with what a PyTorch user of the references would get.
 
 Where camrt follows the paper rather than a reference (see the docstrings in camrt/methods/):
 - Grad-CAM++: no epsilon in the α denominator (pytorch-grad-cam adds 1e-6). The classifier is scaled
-  by 1e3 (as in tests/test_methods_support.py) so that |G| ~ 0.4 and the epsilon is negligible.
+  by 1e3 (as in tests/references.py) so that |G| ~ 0.4 and the epsilon is negligible.
   TorchCAM 0.5.0's GradCAMpp never applies the division at all, so it is not compared here
   (tests/test_methods_gradient.py pins that difference down).
 - XGrad-CAM: a channel whose activations sum to 0 gets weight 0; the references add 1e-7/1e-8 to the sum.
@@ -33,7 +33,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 import camrt
 from camrt.engine import Engine
 from camrt.methods import normalize, relu
-from tests import test_methods_support as support
+from tests import references as support
 
 SIZE = 224
 CLASS = 281  # fixed class, explained explicitly (with random weights the top-1 is arbitrary)
@@ -43,7 +43,7 @@ LAYER = "layer4"
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
     # torch.manual_seed(0) resnet18 in eval mode with the head scaled by 1e3: the same model as
-    # tests/test_methods_support.py (shared, cached; export leaves it as it was).
+    # tests/references.py (shared, cached; export leaves it as it was).
     return support.model()
 
 

@@ -9,7 +9,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from camrt.methods import eigencam, eigengradcam, normalize, relu, upsample
 from camrt.methods.eigen import principal_projection
-from tests import test_methods_support as ref
+from tests import references as ref
 
 # A rank-1 activation A_k(p) = u_p v_k on a 1 x 3 map with two channels: X = u vᵀ (hw x C), so
 # v₁ = ±v / |v| and X v₁ = ±|v| u = ±5 u.

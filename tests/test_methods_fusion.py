@@ -9,7 +9,7 @@ import torchcam.methods as tc
 
 from camrt.errors import InputError
 from camrt.methods import fuse, layercam, normalize, upsample
-from tests import test_methods_support as ref
+from tests import references as ref
 
 
 def test_fuse_hand_computed() -> None:

@@ -22,7 +22,7 @@ from camrt.methods import (
     upsample,
     xgradcam,
 )
-from tests import test_methods_support as ref
+from tests import references as ref
 
 # One image, two channels, a 1 x 2 map. Channel sums: S0 = 4, S1 = 3.
 A = np.array([[[[1.0, 3.0]], [[2.0, 1.0]]]])

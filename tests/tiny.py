@@ -1,7 +1,8 @@
-"""Tiny models (a few conv layers, 32×32 inputs) and an eager-autograd oracle for the exporter tests.
+"""Tiny models (a few conv layers, 32×32 inputs) for the exporter tests, and their comparison rule.
 
-`TinyNet` is importable as `--arch tests.tiny:TinyNet`. The oracle runs each image on its own
-(batch of one) with plain autograd, so it also checks that the exported graph keeps images apart.
+`TinyNet` is importable as `--arch tests.tiny:TinyNet`. The oracle is `tests.oracle.eager_cam`
+(re-exported here for the exporter tests): each image's gradient is that of its own class score,
+so comparing a batch also checks that the exported graph keeps images apart.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+
+from tests.oracle import eager_cam  # noqa: F401 - the one oracle, imported from here by the exporter tests
 
 SHAPE = (1, 3, 32, 32)
 
@@ -136,38 +139,6 @@ def diverse_inputs(model: nn.Module, shape: tuple[int, ...], seed: int, output_i
     assert len(first) > 1, "every candidate has the same top class"
     rest = [i for i in range(64) if i not in first]
     return pool[(first + rest)[: shape[0]]]
-
-
-def eager_cam(model: nn.Module, x: np.ndarray, class_idx: np.ndarray, layers: list[str],
-              output_index: int | None = None) -> dict[str, np.ndarray]:
-    """Logits, class used, and for each layer its output and ∂ logits[n, c_n] / ∂ output, by eager
-    autograd one image at a time (`class_idx` of length 1 or N; -1 means the top class)."""
-    modules = dict(model.named_modules())
-    cls = np.broadcast_to(class_idx, (len(x),))
-    was_training = model.training
-    model.eval()
-    per_image: list[dict[str, np.ndarray]] = []
-    try:
-        for n in range(len(x)):
-            seen: dict[str, torch.Tensor] = {}
-            handles = [modules[name].register_forward_hook(
-                lambda _m, _i, out, name=name, seen=seen: seen.__setitem__(name, out)) for name in layers]
-            try:
-                out = model(torch.from_numpy(x[n:n + 1]).requires_grad_(True))
-            finally:
-                for h in handles:
-                    h.remove()
-            logits = out if output_index is None else out[output_index]
-            used = int(logits[0].argmax()) if cls[n] == -1 else int(cls[n])
-            grads = torch.autograd.grad(logits[0, used], [seen[name] for name in layers])
-            r = {"logits": logits.detach().numpy(), "class_idx_used": np.array([used])}
-            for name, g in zip(layers, grads, strict=True):
-                r[f"activation.{name}"] = seen[name].detach().numpy()
-                r[f"gradient.{name}"] = g.numpy()
-            per_image.append(r)
-    finally:
-        model.train(was_training)
-    return {k: np.concatenate([r[k] for r in per_image]) for k in per_image[0]}
 
 
 def assert_matches(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], rtol: float = 1e-4) -> None:

@@ -1,5 +1,7 @@
-"""Shared set-up for the camrt.methods parity tests (no tests here): a random-weight resnet18, one
-fixed input batch, and eager activations/gradients taken with hooks and torch.autograd.grad."""
+"""The reference implementations' set-up for the camrt.methods parity tests (no tests here): a
+random-weight resnet18, one fixed input batch, its eager activations and gradients (from the
+one oracle, `tests.oracle.eager_cam`, in float32 as the references compute), and the calls into
+pytorch-grad-cam and TorchCAM."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 import torchvision
+
+from tests.oracle import eager_cam
 
 SIZE = (160, 160)
 CLASSES = [7, 281]  # one class per image of the batch
@@ -46,21 +50,9 @@ def image() -> torch.Tensor:
 
 def eager(x: torch.Tensor, layers: tuple[str, ...] = ("layer4",)) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per layer name: (activation, gradient of sum_n logits[n, CLASSES[n]]) as float32 numpy arrays."""
-    net = model()
-    modules = dict(net.named_modules())
-    seen: dict[str, torch.Tensor] = {}
-    handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out))
-               for name in layers]
-    try:
-        with native_kernels():
-            logits = net(x)
-            classes = torch.tensor(CLASSES).repeat_interleave(len(x) // len(CLASSES))
-            score = logits.gather(1, classes[:, None]).sum()
-            grads = torch.autograd.grad(score, [seen[name] for name in layers])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: (seen[name].detach().numpy(), g.numpy()) for name, g in zip(layers, grads, strict=True)}
+    classes = np.repeat(CLASSES, len(x) // len(CLASSES))
+    out = eager_cam(model(), x.numpy(), classes, layers, dtype=torch.float32)
+    return {name: (out[f"activation.{name}"], out[f"gradient.{name}"]) for name in layers}
 
 
 @cache
