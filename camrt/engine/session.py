@@ -48,7 +48,7 @@ def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning
 
     `spinning=False` stops the session's worker threads from spinning after a run: sessions that
     take turns (the perturbation methods' sub-graphs) would otherwise fight over the cores
-    (measured on 2 cores: Recipro-CAM on resnet18 38.5 ms with spinning, 21.3 ms without)."""
+    (the figures are in docs/benchmarks.md, Recipro-CAM)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # the default-class_idx initializer warning is expected
     if not spinning:

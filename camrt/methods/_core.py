@@ -153,8 +153,8 @@ def upsample(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
     dtype = np.result_type(maps.dtype, np.float32)
     maps = maps.astype(dtype, copy=False)
     # Two taps per output pixel, applied as gathers and weighted sums rather than as a matrix
-    # product: no BLAS call, whose spinning threads took the cores from the next ONNX Runtime run
-    # (measured: Grad-CAM on EfficientNet-Lite0, batch 8, 2 cores: 108 ms instead of 52).
+    # product: no BLAS call, whose spinning threads take the cores from the next ONNX Runtime run
+    # (docs/benchmarks.md, Grad-CAM on EfficientNet-Lite0).
     lo, hi, frac = _interpolation_taps(maps.shape[1], int(size[0]))
     # np.take keeps the result C-contiguous (fancy indexing on the last axis does not, which made
     # the min/max of `normalize` 60 times slower).
