@@ -309,6 +309,12 @@ def test_errors_are_raised_before_running_the_model(engine, x, monkeypatch) -> N
     ({"class_idx": -2}, ["class_idx -2 is out of range"]),
     ({"class_idx": [0, 1, 7, 1, 1]}, ["class_idx 7 is out of range"]),
     ({"class_idx": [0, 1]}, ["2 entries for 5 images"]),
+    # a float or a string is refused, not truncated (2.7 was class 2) or parsed
+    ({"class_idx": 2.7}, ["class_idx must be an integer class", "got 2.7"]),
+    ({"class_idx": "3"}, ["class_idx must be an integer class", "got '3'"]),
+    ({"class_idx": [1.0, 2.0, 0.0, 1.0, 1.0]}, ["class_idx must be an integer class"]),
+    ({"class_idx": True}, ["class_idx must be an integer class"]),
+    ({"class_idx": []}, ["class_idx must be an integer class"]),
 ])
 def test_explain_errors(engine, x, kwargs, fragments) -> None:
     with pytest.raises(InputError) as e:
@@ -318,12 +324,18 @@ def test_explain_errors(engine, x, kwargs, fragments) -> None:
 
 
 @pytest.mark.parametrize(("images", "fragment"), [
-    (np.zeros((2, 3, 16, 16), np.float32), "N×3×32×32, got (2, 3, 16, 16)"),
+    (np.zeros((2, 3, 16, 16), np.float32), "N×3×32×32 (the model's input), got shape (2, 3, 16, 16)"),
     (np.zeros((2, 1, 32, 32), np.float32), "N×3×32×32"),
     (np.zeros((32, 32, 3), np.uint8), "list of images"),
     ([], "no images"),
     ([np.zeros((8, 8, 3), np.float64)], "uint8 or uint16"),
     ([np.zeros((8, 8, 2), np.uint8)], "H×W×3"),
+    (np.zeros((0, 3, 32, 32), np.float32), "no images given"),
+    (np.zeros((2, 3, 32, 32), np.float64), "must be float32, got float64"),
+    (np.where(np.arange(2)[:, None, None, None] == 1, np.nan, 0).astype(np.float32) * np.ones((2, 3, 32, 32),
+                                                                                            np.float32),
+     "NaN or infinite values (image 1)"),
+    (np.full((1, 3, 32, 32), np.inf, np.float32), "NaN or infinite values (image 0)"),
 ])
 def test_bad_inputs(engine, images, fragment) -> None:
     with pytest.raises(InputError) as e:

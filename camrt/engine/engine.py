@@ -14,7 +14,7 @@ import numpy as np
 from camrt.checks import positive_int
 from camrt.engine.graphs import Graphs, run_chunked
 from camrt.engine.perturbation import perturbation_map
-from camrt.engine.preprocess import preprocess
+from camrt.engine.preprocess import check_batch, preprocess
 from camrt.errors import InputError
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest
 from camrt.methods import Method, Options, SampleContext, fuse, get_method, normalize, softmax, upsample
@@ -104,11 +104,8 @@ class Engine:
     def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """A float32 N×C×H×W batch: `images` itself if already one, else RGB images preprocessed
         with the manifest's resize and normalisation."""
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32:
-            expected = tuple(self.manifest.input_shape[1:])
-            if images.shape[1:] != expected:
-                raise InputError(f"a preprocessed batch must be N×{'×'.join(map(str, expected))}, got {images.shape}")
-            return images
+        if isinstance(images, np.ndarray) and images.ndim == 4 and np.issubdtype(images.dtype, np.floating):
+            return check_batch(images, tuple(self.manifest.input_shape[1:]))
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             raise InputError("pass a list of images (or a float32 N×C×H×W batch), not a single image array")
         if len(images) == 0:
@@ -116,8 +113,16 @@ class Engine:
         return preprocess(list(images), self.input_size, self.manifest.preprocessing)
 
     def _class_idx(self, class_idx: int | Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+        """One int64 class per image, checked: integers only (a float or a string is refused, not
+        truncated or parsed), one for all or one per image, each -1 or a class of the model."""
         k = self.manifest.num_classes
-        c = np.full(n, -1, np.int64) if class_idx is None else np.asarray(class_idx, dtype=np.int64).reshape(-1)
+        if class_idx is None:
+            return np.full(n, -1, np.int64)
+        given = np.asarray(class_idx)
+        if not np.issubdtype(given.dtype, np.integer) or given.size == 0:
+            raise InputError(f"class_idx must be an integer class (or one per image), got {class_idx!r}; "
+                             "None or -1 means the top-1 class")
+        c = given.astype(np.int64).reshape(-1)
         if c.size == 1:
             c = np.full(n, int(c[0]), np.int64)
         if c.size != n:
