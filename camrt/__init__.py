@@ -15,8 +15,8 @@ _LAZY = {
     "Engine": ("camrt.engine", "Engine"),
     "Result": ("camrt.engine", "Result"),
     "overlay": ("camrt.visual.overlay", "overlay"),
-    "explain_frames": ("camrt.visual.video", "explain_frames"),
-    "explain_video": ("camrt.visual.video", "explain_video"),
+    "explain_frames": ("camrt.visual.frames", "explain_frames"),
+    "explain_video": ("camrt.video", "explain_video"),
     "METHODS": ("camrt.methods", "METHODS"),
 }
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from camrt.errors import CamrtError
+
+if TYPE_CHECKING:  # camrt.video imports cv2, which only `camrt video` may load
+    from camrt.video import VideoSummary
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 1
@@ -290,7 +294,7 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
     # FFmpeg's own log would print codec probing and connection failures that camrt reports itself.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     from camrt.engine import Engine
-    from camrt.visual.video import VideoInterrupted, explain_video
+    from camrt.video import VideoInterrupted, explain_video
 
     # Decode and encode threads share the cores with the model: its threads must not spin between runs.
     engine = Engine(model, device=device, spinning=False)
@@ -322,7 +326,7 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
     _video_summary(s)
 
 
-def _video_summary(s) -> None:  # noqa: ANN001 - a camrt.visual.video.VideoSummary (cv2 is imported lazily)
+def _video_summary(s: VideoSummary) -> None:
     size = "×".join(map(str, s.input_size)) if s.input_size else "?"
     click.echo(f"{s.source}: {size} at {s.input_fps:.4g} fps; {s.frames_read} frames read, "
                f"{s.frames_explained} explained")

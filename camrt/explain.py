@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from camrt import checks
 from camrt.engine import Engine
 from camrt.errors import CamrtError, InputError
 from camrt.methods import METHODS
-from camrt.visual.overlay import COLORMAPS, grid, overlay, read_image, write_image
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+from camrt.visual.overlay import IMAGE_SUFFIXES, grid, overlay, read_image, write_image
 
 
 def served_methods() -> list[str]:
@@ -91,10 +90,8 @@ def explain_files(
     configured = {name: engine.configure(METHODS[name], {k: v for k, v in options.items()
                                                          if k in METHODS[name].options.names()}) for name in names}
     engine.resolve_layers(layer)  # a layer the model lacks fails every image: one error, before any work
-    if colormap not in COLORMAPS:
-        raise InputError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"--alpha must be in [0, 1], got {alpha}")
+    checks.colormap(colormap)
+    checks.alpha(alpha, "--alpha")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

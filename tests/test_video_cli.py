@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import camrt
+from camrt import video
 from camrt.cli import main
-from camrt.visual import video
+from camrt.visual import videoio
 from tests.test_visual_video import COUNT, FPS, LABELS, H, W, moving_square, read_video, write_video
 from tests.tiny import TinyNet, make
 
@@ -69,8 +70,8 @@ def test_every_size_panel_and_smoothing(model_path, clip, tmp_path) -> None:
 
 
 def test_an_unavailable_codec_is_replaced_and_reported(model_path, clip, tmp_path, monkeypatch) -> None:
-    real = video._video_writer
-    monkeypatch.setattr(video, "_video_writer",
+    real = videoio._video_writer
+    monkeypatch.setattr(videoio, "_video_writer",
                         lambda path, codec, *a: cv2.VideoWriter() if codec == "avc1" else real(path, codec, *a))
     out = tmp_path / "out.mp4"
     result = invoke("video", model_path, clip, "-o", out, "--codec", "avc1")

@@ -1,6 +1,9 @@
-"""camrt.visual.overlay: blending arithmetic, colour maps, grids, and image file I/O with OpenCV."""
+"""camrt.visual.overlay: blending arithmetic, colour maps in RGB and BGR, grids, and image file I/O
+with OpenCV (channel order, gray, alpha, 16 bits, EXIF orientation)."""
 
 from __future__ import annotations
+
+import struct
 
 import cv2
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 
 from camrt.errors import InputError
 from camrt.methods import upsample
-from camrt.visual.overlay import COLORMAPS, colorize, grid, overlay, read_image, write_image
+from camrt.visual.overlay import COLORMAPS, colorize, grid, overlay, read_image, render, write_image
 
 # OpenCV's jet in RGB: 0 → dark blue, 1 → dark red (cv2 returns BGR; camrt converts).
 JET_0 = (0, 0, 128)
@@ -51,14 +54,48 @@ def test_blend_by_hand() -> None:
     assert tuple(half[0, 0]) == (114, 26, 100)
 
 
-def test_saliency_is_resized_to_the_image() -> None:
+def test_the_colours_are_resized_to_the_image() -> None:
     image = np.zeros((10, 20, 3), np.uint8)  # H×W = 10×20, a low-res map 2×2
     saliency = np.array([[1.0, 0.0], [0.3, 0.6]], np.float32)
     got = overlay(image, saliency, alpha=1.0)
     assert got.shape == (10, 20, 3)
     assert tuple(got[0, 0]) == JET_1 and tuple(got[0, -1]) == JET_0  # corners keep their values
-    # Bilinear with half-pixel centres, as camrt.methods.upsample (torch's interpolate) computes it.
-    np.testing.assert_array_equal(got, colorize(upsample(saliency[None], (10, 20))[0]))
+    # The map is coloured at its own size and the colours resized: bilinear with half-pixel centres,
+    # as camrt.methods.upsample (torch's interpolate) computes it, up to OpenCV's fixed-point rounding.
+    colours = colorize(saliency).transpose(2, 0, 1).astype(np.float32)
+    assert np.abs(got.transpose(2, 0, 1) - upsample(colours, (10, 20))).max() < 1
+    odd = np.random.default_rng(3).random((7, 9)).astype(np.float32)
+    got = overlay(random_rgb(50, 37), odd, alpha=1.0)
+    assert np.abs(got.transpose(2, 0, 1) - upsample(colorize(odd).transpose(2, 0, 1).astype(np.float32),
+                                                    (50, 37))).max() < 1
+
+
+def test_rgb_and_bgr_give_the_same_pixels_up_to_channel_order() -> None:
+    saliency = np.random.default_rng(4).random((7, 5)).astype(np.float32)
+    rgb = random_rgb(15, 11, seed=5)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    for name in COLORMAPS:
+        for size in (None, (11, 15)):
+            np.testing.assert_array_equal(colorize(saliency, name, size, bgr=True),
+                                          colorize(saliency, name, size)[:, :, ::-1])
+        np.testing.assert_array_equal(overlay(bgr, saliency, name, 0.3, bgr=True),
+                                      overlay(rgb, saliency, name, 0.3)[:, :, ::-1])
+        # render (video frames, BGR) is the same overlay, and its panel the same heat map
+        np.testing.assert_array_equal(render(bgr, saliency, None, name, 0.3),
+                                      overlay(bgr, saliency, name, 0.3, bgr=True))
+        np.testing.assert_array_equal(render(bgr, saliency, None, name, 0.3, panel=True)[:, 11:],
+                                      colorize(saliency, name, (11, 15), bgr=True))
+
+
+def test_one_rounding_rule_for_rgb_and_bgr() -> None:
+    # 255 · s = 254.745, 127.5, 0.5355 and 1275: the nearest levels are 255, 128, 1 and (clipped) 255;
+    # truncating, as render once did, would give 254, 127, 0 (and wrap 1275 around).
+    saliency = np.array([[0.999, 0.5, 0.0021, 5.0]], np.float32)
+    levels = np.array([[255, 128, 1, 255]], np.uint8)
+    want = cv2.applyColorMap(levels, cv2.COLORMAP_JET)  # BGR
+    np.testing.assert_array_equal(colorize(saliency, bgr=True), want)
+    np.testing.assert_array_equal(colorize(saliency), want[:, :, ::-1])
+    np.testing.assert_array_equal(render(np.zeros((1, 4, 3), np.uint8), saliency, alpha=1.0), want)
 
 
 def test_overlay_errors() -> None:
@@ -157,6 +194,50 @@ def test_read_16_bit(tmp_path) -> None:
     image, note = read_image(tmp_path / "g16.png")
     np.testing.assert_array_equal(image[0], [[0, 0, 0], [128, 128, 128], [255, 255, 255]])
     assert "16-bit" in note and "grayscale" in note
+
+
+def with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """`jpeg` with an EXIF segment (APP1) right after its start marker holding one tag, the
+    orientation (0x0112, a SHORT), in a big-endian TIFF structure as cameras write it."""
+    entry = struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)  # tag, type SHORT, count, value (padded)
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1) + entry + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    assert jpeg[:2] == b"\xff\xd8"
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", 2 + len(payload)) + payload + jpeg[2:]
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (1, lambda a: a),
+    (3, lambda a: np.rot90(a, 2)),  # stored upside down
+    (6, lambda a: np.rot90(a, -1)),  # stored turned left: turn 90° clockwise to view
+    (8, lambda a: np.rot90(a, 1)),  # stored turned right: turn 90° anticlockwise
+])
+def test_read_jpeg_applies_its_exif_orientation(tmp_path, orientation, upright) -> None:
+    rgb = np.zeros((32, 48, 3), np.uint8)  # H×W 32×48; flat 16×16 blocks, which JPEG keeps
+    rgb[:16, :16] = (250, 10, 10)  # red top left
+    rgb[16:, 32:] = (10, 10, 250)  # blue bottom right
+    rgb[:16, 32:] = (10, 250, 10)  # green top right
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    (tmp_path / "plain.jpg").write_bytes(buf.tobytes())
+    (tmp_path / "tagged.jpg").write_bytes(with_orientation(buf.tobytes(), orientation))
+    plain, _ = read_image(tmp_path / "plain.jpg")
+    image, note = read_image(tmp_path / "tagged.jpg")
+    np.testing.assert_array_equal(image, upright(plain))
+    centres = (8, 8), (8, 40), (24, 40), (24, 8)  # of the red, green, blue and black blocks
+    assert all(np.abs(plain[c].astype(int) - rgb[c]).max() < 8 for c in centres) and note is None
+    if orientation == 6:  # by hand: the stored top-left (red) is now at the top right
+        assert image.shape == (48, 32, 3) and tuple(image[0, -1]) == tuple(plain[0, 0])
+
+
+def test_read_gray_jpeg(tmp_path) -> None:
+    gray = np.repeat(np.arange(0, 256, 32, dtype=np.uint8)[None], 8, axis=0).repeat(8, axis=1)
+    ok, buf = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    (tmp_path / "g.jpg").write_bytes(with_orientation(buf.tobytes(), 3))
+    image, note = read_image(tmp_path / "g.jpg")
+    assert image.shape == (8, 64, 3) and "grayscale" in note
+    np.testing.assert_array_equal(image[:, :, 0], image[:, :, 2])
+    assert np.abs(image[:, :, 0].astype(int) - gray[::-1, ::-1]).max() < 4
 
 
 def test_read_errors(tmp_path) -> None:

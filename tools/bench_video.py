@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import camrt  # noqa: E402
 from camrt.engine import Engine  # noqa: E402
-from camrt.visual.video import explain_video, prepare_frames  # noqa: E402
+from camrt.video import explain_video  # noqa: E402
+from camrt.visual.frames import prepare_frames  # noqa: E402
 from tools.bench_gradcam import machine as gradcam_machine  # noqa: E402
 from tools.write_clip import write_clip  # noqa: E402
 

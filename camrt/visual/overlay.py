@@ -1,4 +1,9 @@
-"""Colour-mapped saliency blended over images, side-by-side grids, and image file I/O (OpenCV)."""
+"""Colour-mapped saliency blended over images and video frames, side-by-side grids, and image file
+I/O (OpenCV).
+
+One colour mapping (`colorize`) and one blend serve both channel orders: `overlay` for RGB images
+(`camrt explain`, `camrt.overlay`) and `render` for BGR frames (`camrt video`), with `bgr=True`.
+"""
 
 from __future__ import annotations
 
@@ -9,48 +14,82 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from camrt import checks
 from camrt.errors import InputError
 
-COLORMAPS = {
-    "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
-    "viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT,
-    "plasma": cv2.COLORMAP_PLASMA, "bone": cv2.COLORMAP_BONE,
-}
+COLORMAPS = {name: getattr(cv2, f"COLORMAP_{name.upper()}") for name in checks.COLORMAP_NAMES}
+# The files `camrt explain` picks from a directory and `camrt video` refuses as "an image, not a video".
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+_JPEG = b"\xff\xd8\xff"
 
 
-def colorize(saliency: np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """An H×W map in [0, 1] as an H×W×3 RGB uint8 image."""
-    if colormap not in COLORMAPS:
-        raise InputError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
+def colorize(saliency: np.ndarray, colormap: str = "jet", size: tuple[int, int] | None = None,
+             bgr: bool = False) -> np.ndarray:
+    """An h×w map in [0, 1] as an H×W×3 uint8 image, RGB (or BGR with `bgr`).
+
+    Each value v becomes the colour map's entry ``round(255 · clip(v, 0, 1))``. With `size` (w, h)
+    the map is coloured at its own size and the colours are resized to `size` (bilinear, half-pixel
+    centres): colouring the small map is cheaper than colouring a frame-sized one, and the colours
+    of neighbouring map pixels are close, so their interpolation stays on the colour map's ramp.
+    """
+    cmap = COLORMAPS[checks.colormap(colormap)]
     s = np.asarray(saliency, dtype=np.float32)
     if s.ndim != 2:
         raise InputError(f"saliency must be one H×W map, got shape {s.shape}")
-    u8 = (np.clip(s, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(u8, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    levels = np.clip(s, 0.0, 1.0)  # a new array: the in-place steps below leave the caller's alone
+    levels *= 255.0
+    levels += 0.5
+    heat = cv2.applyColorMap(levels.astype(np.uint8), cmap)
+    if not bgr:
+        heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    if size is not None and size != (s.shape[1], s.shape[0]):
+        heat = cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR)
+    return heat
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+def _blend(image: object, saliency: np.ndarray, colormap: str, alpha: float,
+           bgr: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(`(1 - alpha) · image + alpha · heat`, rounded; the heat map at the image's size)."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(f"image must be H×W×3 {'BGR' if bgr else 'RGB'} uint8, got {img.dtype} {img.shape}")
+    weight = checks.alpha(alpha)
+    heat = colorize(saliency, colormap, (img.shape[1], img.shape[0]), bgr)
+    return cv2.addWeighted(img, 1.0 - weight, heat, weight, 0.0), heat
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
+            bgr: bool = False) -> np.ndarray:
     """Blend the colour-mapped `saliency` over `image`: `(1 - alpha) * image + alpha * heat`.
 
     Args:
-        image: H×W×3 RGB uint8 (any size).
-        saliency: h×w map in [0, 1] (any size; resized bilinearly to the image).
+        image: H×W×3 uint8 (any size), RGB (BGR with `bgr`).
+        saliency: h×w map in [0, 1] (any size; its colours are resized to the image, see `colorize`).
         colormap: a name from `COLORMAPS`.
         alpha: weight of the heat map, in [0, 1].
+        bgr: True when `image` is BGR (OpenCV's order); the result is then BGR too.
 
     Returns:
-        H×W×3 RGB uint8.
+        H×W×3 uint8, in the image's channel order.
     """
-    img = np.asarray(image)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise InputError(f"image must be H×W×3 RGB uint8, got {img.dtype} {img.shape}")
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {alpha}")
-    s = np.asarray(saliency, dtype=np.float32)
-    if s.ndim == 2 and s.shape != img.shape[:2]:
-        s = cv2.resize(s, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-    heat = colorize(s, colormap)
-    return cv2.addWeighted(img, 1.0 - alpha, heat, alpha, 0.0)
+    return _blend(image, saliency, colormap, alpha, bgr)[0]
+
+
+def render(frame: np.ndarray, saliency: np.ndarray, text: str | None = None, colormap: str = "jet",
+           alpha: float = 0.5, panel: bool = False) -> np.ndarray:
+    """A BGR video frame with the colour-mapped `saliency` blended in (`overlay` with `bgr=True`),
+    `text` (the label and score) drawn at the top left, and with `panel` the colour-mapped map
+    alone to its right (the result is then twice as wide)."""
+    out, heat = _blend(frame, saliency, colormap, alpha, bgr=True)
+    if text:
+        h = out.shape[0]
+        scale = max(0.35, h / 900)
+        thick = max(1, round(scale * 2))
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        pad = max(2, th // 3)
+        cv2.rectangle(out, (0, 0), (tw + 2 * pad, th + base + 2 * pad), (0, 0, 0), cv2.FILLED)
+        cv2.putText(out, text, (pad, th + pad), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return np.hstack([out, heat]) if panel else out
 
 
 def grid(tiles: Sequence[np.ndarray], titles: Sequence[str], height: int = 224, columns: int = 4) -> np.ndarray:
@@ -72,18 +111,37 @@ def grid(tiles: Sequence[np.ndarray], titles: Sequence[str], height: int = 224, 
     return np.vstack(rows)
 
 
+def three_channels(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """An 8-bit gray (H×W or H×W×1), 3- or 4-channel image as H×W×3, channels in the order given:
+    gray is replicated, a fourth channel (alpha) composites the colours over white. Returns the
+    image (the same array when it has 3 channels) and a note saying what was converted (or None).
+    The one rule for image files (`read_image`) and video frames (`camrt.visual.frames`)."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        gray = image.reshape(image.shape[0], image.shape[1], 1)
+        return np.repeat(gray, 3, axis=2), "grayscale replicated to RGB"
+    if image.shape[2] == 4:
+        a = image[:, :, 3:] / np.float32(255.0)
+        return (image[:, :, :3] * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8), "alpha composited over white"
+    return image, None
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     """Read an image file as RGB uint8 H×W×3, converting what is well defined.
 
     Grayscale is replicated to RGB; RGBA is composited over white; 16-bit images are scaled to
-    8 bits. Returns the image and a note saying what was converted (None if nothing).
-    Raises InputError if the file is missing or not a readable image.
+    8 bits; a JPEG is turned upright by its EXIF orientation tag (camera photos are stored as the
+    sensor saw them, with a tag saying how to turn them). Returns the image and a note saying what
+    was converted (None if nothing). Raises InputError if the file is missing or not a readable image.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image '{p}' does not exist")
     data = np.fromfile(p, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores the orientation tag, which any other
+    # flags apply; a JPEG has no alpha, so it is decoded with those (gray and depth still kept).
+    jpeg = data[:3].tobytes() == _JPEG
+    img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if jpeg else cv2.IMREAD_UNCHANGED) \
+        if data.size else None
     if img is None:
         raise InputError(f"'{p}' is not a readable image (OpenCV could not decode it)")
     notes = []
@@ -92,19 +150,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
         notes.append("16-bit scaled to 8-bit")
     elif img.dtype != np.uint8:
         raise InputError(f"'{p}' has {img.dtype} pixels; only 8- and 16-bit images are supported")
-    if img.ndim == 2 or img.shape[2] == 1:
-        img = cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2RGB)
-        notes.append("grayscale replicated to RGB")
-    elif img.shape[2] == 4:
-        rgba = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA).astype(np.float32)
-        a = rgba[:, :, 3:] / 255.0
-        img = (rgba[:, :, :3] * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
-        notes.append("alpha composited over white")
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    else:
+    if img.ndim == 3 and img.shape[2] not in (1, 3, 4):
         raise InputError(f"'{p}' has {img.shape[2]} channels; expected gray, RGB or RGBA")
-    return img, "; ".join(notes) or None
+    img, note = three_channels(img)
+    notes += [note] if note else []
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), "; ".join(notes) or None
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
