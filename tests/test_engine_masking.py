@@ -169,7 +169,7 @@ def test_rise_matches_brute_force_eager(stride_net, p: float | None) -> None:
     model, path = stride_net
     n, cells, seed = 40, 3, 8
     options = {} if p is None else {"p": p}
-    p = METHODS["rise"].options["p"] if p is None else p
+    p = METHODS["rise"].options.defaults()["p"] if p is None else p
     r = Engine(path, device="cpu", chunk_size=16).explain(X, "rise", class_idx=CLASSES, seed=seed, n=n,
                                                           cells=cells, **options)
     masks = rise_masks(seed, n, cells, p)
@@ -225,7 +225,8 @@ def test_ablationpp_matches_brute_force_eager(skip_net, groups: int, threshold: 
             base, groups, threshold)
         runs += used
         np.testing.assert_allclose(r.low_res[i], expected[0], rtol=1e-4, atol=1e-6)
-    total = 2 * METHODS["ablationcam++"].count(acts[0], groups=groups, threshold=threshold)
+    spec = METHODS["ablationcam++"]
+    total = 2 * spec.runs(acts[0], spec.configure({"groups": groups, "threshold": threshold}))
     assert calls[-1] == (total, total) and runs <= total
     if threshold == 0.0:
         plain = Engine(path, device="cpu").explain(X, "ablationcam", class_idx=CLASSES)
@@ -264,7 +265,7 @@ def test_chunk_size_does_not_change_results_and_progress_reaches_the_total(
         p = engine.forward(x, [0, 2, 4], gradient=False)
         acts = p.outputs["activation.block"]
         spec = METHODS[method]
-        assert total[0] == sum(spec.count(a, **{**spec.options, **options}) for a in acts)
+        assert total[0] == sum(spec.runs(a, spec.configure(options)) for a in acts)
     for other in results[1:]:
         np.testing.assert_allclose(other.low_res, results[0].low_res, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(other.saliency, results[0].saliency, rtol=1e-5, atol=1e-6)

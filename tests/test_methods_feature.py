@@ -8,17 +8,20 @@ import numpy as np
 import pytest
 
 from camrt.errors import InputError
+from camrt.methods import METHODS, Context
 from camrt.methods.feature import (
-    ablation_count,
+    AblationPPOptions,
+    ReciproCAMOptions,
     ablation_explore,
     ablation_inputs,
+    ablation_runs,
     ablationcam,
-    ablationpp_count,
     ablationpp_explore,
+    ablationpp_runs,
     reciprocam,
-    reciprocam_count,
     reciprocam_explore,
     reciprocam_inputs,
+    reciprocam_runs,
 )
 from tests.oracle import ablationpp_brute, drive, gaussian_mask
 
@@ -30,7 +33,7 @@ def test_ablation_inputs_zero_one_channel_each_in_order(chunk: int) -> None:
     chunks = list(ablation_inputs(A, chunk))
     assert all(len(c) <= chunk for c in chunks)
     copies = np.concatenate(chunks)
-    assert len(copies) == ablation_count(A) == 3
+    assert len(copies) == ablation_runs(A) == 3
     for k in range(3):
         expected = A.copy()
         expected[k] = 0
@@ -40,7 +43,7 @@ def test_ablation_inputs_zero_one_channel_each_in_order(chunk: int) -> None:
 @pytest.mark.parametrize("chunk", [1, 3, 4])
 def test_reciprocam_inputs_keep_one_position_each_in_row_major_order(chunk: int) -> None:
     copies = np.concatenate(list(reciprocam_inputs(A, chunk)))
-    assert len(copies) == reciprocam_count(A) == 4
+    assert len(copies) == reciprocam_runs(A, ReciproCAMOptions()) == 4
     for p in range(4):
         i, j = divmod(p, 2)
         expected = np.zeros_like(A)
@@ -58,7 +61,7 @@ def test_ablationcam_weights_by_hand() -> None:
 
 
 def test_reciprocam_map_is_the_scores_in_position_order() -> None:
-    np.testing.assert_array_equal(reciprocam(A[None], np.array([0.1, 0.2, 0.3, 0.4]), 0.0),
+    np.testing.assert_array_equal(reciprocam(A[None], np.array([0.1, 0.2, 0.3, 0.4])),
                                   np.array([[[0.1, 0.2], [0.3, 0.4]]], np.float32))
 
 
@@ -91,10 +94,11 @@ def test_ablationpp_by_hand() -> None:
     base = float(scorer(act[None])[0])
     assert base == 6.0
     for threshold, value, runs in ((1.0, 2.0, 4), (0.0, 15.5 / 6, 6)):
-        got, batches = drive(ablationpp_explore(act, 8, base, groups=2, threshold=threshold), scorer)
+        options = AblationPPOptions(groups=2, threshold=threshold)
+        got, batches = drive(ablationpp_explore(Context(act, base=base, chunk=8), options), scorer)
         np.testing.assert_allclose(got, np.full((1, 2, 2), value), rtol=1e-6)
         assert sum(map(len, batches)) == runs
-    assert ablationpp_count(act, groups=2) == 6
+    assert ablationpp_runs(act, AblationPPOptions(groups=2)) == 6
 
 
 ACT = np.random.default_rng(3).normal(size=(11, 3, 4)).astype(np.float32)
@@ -108,10 +112,11 @@ COEF = np.random.default_rng(4).normal(size=11)
 def test_ablationpp_matches_the_brute_force_recursion(groups: int, threshold: float, chunk: int) -> None:
     scorer = channel_scorer(COEF, 2.0)
     base = float(scorer(ACT[None])[0])
-    got, batches = drive(ablationpp_explore(ACT, chunk, base, groups=groups, threshold=threshold), scorer)
+    options = AblationPPOptions(groups=groups, threshold=threshold)
+    got, batches = drive(ablationpp_explore(Context(ACT, base=base, chunk=chunk), options), scorer)
     expected, runs = ablationpp_brute(ACT, scorer, base, groups, threshold)
     assert all(len(b) <= chunk for b in batches)
-    assert sum(map(len, batches)) == runs <= ablationpp_count(ACT, groups=groups, threshold=threshold)
+    assert sum(map(len, batches)) == runs <= ablationpp_runs(ACT, options)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -119,35 +124,38 @@ def test_ablationpp_matches_the_brute_force_recursion(groups: int, threshold: fl
 def test_ablationpp_threshold_zero_is_ablationcam_exactly(groups: int) -> None:
     scorer = channel_scorer(COEF, -1.5)
     base = float(scorer(ACT[None])[0])
-    plain, plain_batches = drive(ablation_explore(ACT, 4, base), scorer)
-    full, full_batches = drive(ablationpp_explore(ACT, 4, base, groups=groups, threshold=0.0), scorer)
+    plain, plain_batches = drive(ablation_explore(Context(ACT, base=base, chunk=4)), scorer)
+    options = AblationPPOptions(groups=groups, threshold=0.0)
+    full, full_batches = drive(ablationpp_explore(Context(ACT, base=base, chunk=4), options), scorer)
     np.testing.assert_array_equal(full, plain)
-    # every group split down to single channels: 2C − G runs, the bound `ablationpp_count` gives
-    assert sum(map(len, full_batches)) == 2 * 11 - min(groups, 11) == ablationpp_count(ACT, groups=groups)
-    assert sum(map(len, plain_batches)) == ablation_count(ACT) == 11
+    # every group split down to single channels: 2C − G runs, the bound `ablationpp_runs` gives
+    assert sum(map(len, full_batches)) == 2 * 11 - min(groups, 11) == ablationpp_runs(ACT, options)
+    assert sum(map(len, plain_batches)) == ablation_runs(ACT) == 11
 
 
 def test_ablationpp_threshold_one_runs_fewer_copies() -> None:
     scorer = channel_scorer(COEF, 0.7)
     base = float(scorer(ACT[None])[0])
-    runs = {t: sum(map(len, drive(ablationpp_explore(ACT, 3, base, groups=4, threshold=t), scorer)[1]))
+    context = Context(ACT, base=base, chunk=3)
+    runs = {t: sum(map(len, drive(ablationpp_explore(context, AblationPPOptions(groups=4, threshold=t)), scorer)[1]))
             for t in (0.0, 0.5, 1.0)}
-    assert runs[1.0] <= runs[0.5] <= runs[0.0] == ablationpp_count(ACT, groups=4)
+    assert runs[1.0] <= runs[0.5] <= runs[0.0] == ablationpp_runs(ACT, AblationPPOptions(groups=4))
     assert runs[1.0] < runs[0.0]
-    assert runs[1.0] < ablation_count(ACT)  # fewer tail runs than Ablation-CAM's C
+    assert runs[1.0] < ablation_runs(ACT)  # fewer tail runs than Ablation-CAM's C
 
 
 def test_ablationpp_dead_channels_are_never_split() -> None:
     act = np.zeros((8, 2, 2), np.float32)
     act[0] = 1.0
     scorer = channel_scorer(np.ones(8), 1.0)
-    got, batches = drive(ablationpp_explore(act, 16, 2.0, groups=2, threshold=0.1), scorer)
+    context = Context(act, base=2.0, chunk=16)
+    got, batches = drive(ablationpp_explore(context, AblationPPOptions(groups=2, threshold=0.1)), scorer)
     # group {0, 1, 2, 3} (channel 0 leads: highest mean) drops 1/2 and is split down to channel 0;
     # the dead group {4..7} drops 0 and is not split (any threshold > 0)
     np.testing.assert_allclose(got, np.full((1, 2, 2), 0.5))
     assert sum(map(len, batches)) == 2 + 2 + 2  # {0..3}, {4..7}; {0,1}, {2,3}; {0}, {1}
     # threshold=0 splits every group, dead ones too (|0| ≥ 0 · max): Ablation-CAM's weights, 2C − G runs
-    got, batches = drive(ablationpp_explore(act, 16, 2.0, groups=2, threshold=0.0), scorer)
+    got, batches = drive(ablationpp_explore(context, AblationPPOptions(groups=2, threshold=0.0)), scorer)
     np.testing.assert_allclose(got, np.full((1, 2, 2), 0.5))
     assert sum(map(len, batches)) == 2 * 8 - 2
 
@@ -160,19 +168,26 @@ def test_ablationpp_checks_its_options_and_the_base_score() -> None:
                              ({"threshold": True}, "option threshold must be a number in [0, 1], got True"),
                              ({"threshold": "half"}, "option threshold must be a number in [0, 1], got 'half'")):
         with pytest.raises(InputError) as e:
-            next(ablationpp_explore(ACT, 4, 1.0, **options))
+            AblationPPOptions(**options)
+        assert message in str(e.value)
+        with pytest.raises(InputError) as e:
+            METHODS["ablationcam++"].configure(options)
         assert message in str(e.value)
     with pytest.raises(InputError, match="exactly 0"):
-        drive(ablationpp_explore(ACT, 4, 0.0), channel_scorer(COEF, 0.0))
+        drive(ablationpp_explore(Context(ACT, base=0.0, chunk=4), AblationPPOptions()), channel_scorer(COEF, 0.0))
     with pytest.raises(InputError, match="C×h×w"):
-        next(ablationpp_explore(ACT[None], 4, 1.0))
+        Context(ACT[None], base=1.0, chunk=4)
+    with pytest.raises(InputError, match="chunk must be a positive integer"):
+        Context(ACT, base=1.0, chunk=0)
+    with pytest.raises(InputError, match="needs `base`"):
+        drive(ablationpp_explore(Context(ACT, chunk=4), AblationPPOptions()), channel_scorer(COEF, 0.0))
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 100])
 def test_reciprocam_gaussian_masks_by_hand(chunk: int) -> None:
     act = np.random.default_rng(5).normal(size=(2, 3, 4)).astype(np.float32)
     copies = np.concatenate(list(reciprocam_inputs(act, chunk, kernel="gaussian")))
-    assert len(copies) == reciprocam_count(act, kernel="gaussian") == 12
+    assert len(copies) == reciprocam_runs(act, ReciproCAMOptions(kernel="gaussian")) == 12
     for p in range(12):
         i, j = divmod(p, 4)
         np.testing.assert_allclose(copies[p], act * gaussian_mask(3, 4, i, j), rtol=1e-6)
@@ -185,13 +200,15 @@ def test_reciprocam_explore_returns_the_scores_as_the_map() -> None:
     act = np.random.default_rng(6).normal(size=(2, 3, 4)).astype(np.float32)
     probabilities = lambda batch: np.array([1 / (1 + np.exp(-float(b.sum()))) for b in batch])  # noqa: E731
     for kernel in ("onehot", "gaussian"):
-        got, batches = drive(reciprocam_explore(act, 5, 0.0, kernel=kernel), probabilities)
+        got, batches = drive(reciprocam_explore(Context(act, chunk=5), ReciproCAMOptions(kernel=kernel)), probabilities)
         np.testing.assert_allclose(got, probabilities(np.concatenate(batches)).reshape(1, 3, 4), rtol=1e-6)
 
 
 def test_reciprocam_rejects_an_unknown_kernel() -> None:
     with pytest.raises(InputError, match="option kernel must be one of onehot, gaussian, got 'box'"):
-        next(reciprocam_explore(A, 4, 0.0, kernel="box"))
+        ReciproCAMOptions(kernel="box")
+    with pytest.raises(InputError, match="option kernel must be one of onehot, gaussian, got 'box'"):
+        METHODS["reciprocam"].configure({"kernel": "box"})
 
 
 def test_ablationpp_threshold_accepts_numpy_scalars() -> None:
@@ -199,7 +216,8 @@ def test_ablationpp_threshold_accepts_numpy_scalars() -> None:
     a threshold computed with numpy, e.g. np.float32(0.5), is a number in [0, 1]."""
     scorer = channel_scorer(COEF, 2.0)
     base = float(scorer(ACT[None])[0])
-    expected, _ = drive(ablationpp_explore(ACT, 4, base, threshold=0.5), scorer)
+    context = Context(ACT, base=base, chunk=4)
+    expected, _ = drive(ablationpp_explore(context, AblationPPOptions(threshold=0.5)), scorer)
     for threshold in (np.float32(0.5), np.float64(0.5)):
-        got, _ = drive(ablationpp_explore(ACT, 4, base, threshold=threshold), scorer)
+        got, _ = drive(ablationpp_explore(context, AblationPPOptions(threshold=threshold)), scorer)
         np.testing.assert_array_equal(got, expected)

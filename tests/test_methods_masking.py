@@ -10,20 +10,24 @@ import numpy as np
 import pytest
 
 from camrt.errors import InputError
-from camrt.methods import METHODS, normalize, upsample
+from camrt.methods import METHODS, Context, normalize, upsample
 from camrt.methods.masking import (
+    GroupCAMOptions,
+    ISCAMOptions,
+    RISEOptions,
+    SSCAMOptions,
     gaussian_blur,
-    groupcam_count,
     groupcam_explore,
-    iscam_count,
+    groupcam_runs,
     iscam_explore,
-    rise_count,
+    iscam_runs,
     rise_explore,
+    rise_runs,
     scorecam,
-    scorecam_count,
     scorecam_inputs,
-    sscam_count,
+    scorecam_runs,
     sscam_explore,
+    sscam_runs,
 )
 from tests.oracle import drive
 
@@ -35,12 +39,12 @@ def test_scorecam_scores_constant_channels_once() -> None:
     act[1] = 0.0  # a dead channel: its mask is all zero
     x = np.ones((1, 4, 4), np.float32)
     copies = np.concatenate(list(scorecam_inputs(x, act, 1)))
-    assert len(copies) == scorecam_count(act) == 3  # channels 0 and 2, then the shared zero mask
+    assert len(copies) == scorecam_runs(act) == 3  # channels 0 and 2, then the shared zero mask
     np.testing.assert_array_equal(copies[-1], 0)
     scores = np.array([1.0, 3.0, 2.0])  # y_c for channel 0, channel 2, the zero mask (channel 1)
     w = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
     expected = np.maximum(np.einsum("c,chw->hw", w, act), 0)
-    np.testing.assert_allclose(scorecam(act[None], scores, 0.0)[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(scorecam(act[None], scores)[0], expected, rtol=1e-6)
 
 
 # The coroutines driven by hand: a fake scorer stands in for the network ---------------------------
@@ -109,9 +113,11 @@ def sscam_brute(x, act, scorer, seed, n, sigma, noise):
 def test_sscam_matches_the_formula_with_the_documented_noise(noise: str, chunk: int) -> None:
     scorer = linear_scorer(X.shape)
     expected, copies = sscam_brute(X, ACT, scorer, seed=5, n=3, sigma=0.7, noise=noise)
-    got, batches = drive(sscam_explore(X, ACT, chunk, seed=5, n=3, sigma=0.7, noise=noise), scorer)
+    got, batches = drive(sscam_explore(Context(ACT, X, chunk=chunk, seed=5), SSCAMOptions(n=3, sigma=0.7, noise=noise)),
+                         scorer)
     assert all(len(b) <= chunk for b in batches)
-    assert sum(map(len, batches)) == sscam_count(ACT, n=3) == 12  # the constant channel too: noise makes it differ
+    # the constant channel too: noise makes it differ
+    assert sum(map(len, batches)) == sscam_runs(ACT, SSCAMOptions(n=3)) == 12
     np.testing.assert_allclose(np.concatenate(batches), copies, rtol=1e-5, atol=1e-6)
     assert got.shape == (1, 2, 3)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -119,7 +125,7 @@ def test_sscam_matches_the_formula_with_the_documented_noise(noise: str, chunk: 
 
 def test_sscam_sigma_zero_is_score_cam_with_every_channel_scored() -> None:
     scorer = linear_scorer(X.shape)
-    got, batches = drive(sscam_explore(X, ACT, 5, seed=1, n=2, sigma=0.0), scorer)
+    got, batches = drive(sscam_explore(Context(ACT, X, chunk=5, seed=1), SSCAMOptions(n=2, sigma=0.0)), scorer)
     masks = norm_up(ACT, X.shape[1:])
     np.testing.assert_allclose(np.concatenate(batches), np.tile(X[None] * masks[:, None], (2, 1, 1, 1)), rtol=1e-6)
     np.testing.assert_allclose(got, weighted(softmax(scorer(X[None] * masks[:, None])), ACT), rtol=1e-5)
@@ -127,9 +133,9 @@ def test_sscam_sigma_zero_is_score_cam_with_every_channel_scored() -> None:
 
 def test_sscam_seed_fixes_the_map() -> None:
     scorer = linear_scorer(X.shape)
-    a, _ = drive(sscam_explore(X, ACT, 2, seed=3, n=2), scorer)
-    b, _ = drive(sscam_explore(X, ACT, 5, seed=3, n=2), scorer)
-    c, _ = drive(sscam_explore(X, ACT, 2, seed=4, n=2), scorer)
+    a, _ = drive(sscam_explore(Context(ACT, X, chunk=2, seed=3), SSCAMOptions(n=2)), scorer)
+    b, _ = drive(sscam_explore(Context(ACT, X, chunk=5, seed=3), SSCAMOptions(n=2)), scorer)
+    c, _ = drive(sscam_explore(Context(ACT, X, chunk=2, seed=4), SSCAMOptions(n=2)), scorer)
     np.testing.assert_allclose(a, b, rtol=1e-6)
     assert not np.allclose(a, c)
 
@@ -151,10 +157,10 @@ def iscam_brute(x, act, scorer, n, cumulative):
 @pytest.mark.parametrize("chunk", [1, 4, 7, 100])
 def test_iscam_matches_the_formula(cumulative: bool, chunk: int) -> None:
     scorer = linear_scorer(X.shape, bias=-0.2)
-    got, batches = drive(iscam_explore(X, ACT, chunk, n=4, cumulative=cumulative), scorer)
+    got, batches = drive(iscam_explore(Context(ACT, X, chunk=chunk), ISCAMOptions(n=4, cumulative=cumulative)), scorer)
     assert all(len(b) <= chunk for b in batches)
     # 3 non-constant channels × 4 steps, then one all-zero input for the constant channel
-    assert sum(map(len, batches)) == iscam_count(ACT, n=4, cumulative=cumulative) == 13
+    assert sum(map(len, batches)) == iscam_runs(ACT, ISCAMOptions(n=4, cumulative=cumulative)) == 13
     np.testing.assert_array_equal(batches[-1][-1], 0)
     np.testing.assert_allclose(got, iscam_brute(X, ACT, scorer, 4, cumulative), rtol=1e-5, atol=1e-6)
 
@@ -164,7 +170,8 @@ def test_iscam_scales_by_hand() -> None:
     x = np.ones((1, 2, 2), np.float32)
     act = np.array([[[0.0, 1.0], [1.0, 1.0]]], np.float32)
     for cumulative, scales in ((False, [1 / 3, 2 / 3, 1.0]), (True, [1 / 3, 1.0, 2.0])):
-        _, batches = drive(iscam_explore(x, act, 2, n=3, cumulative=cumulative), lambda b: np.zeros(len(b)))
+        _, batches = drive(iscam_explore(Context(act, x, chunk=2), ISCAMOptions(n=3, cumulative=cumulative)),
+                           lambda b: np.zeros(len(b)))
         copies = np.concatenate(batches)
         np.testing.assert_allclose(copies[:, 0, 1, 1], scales, rtol=1e-6)
         np.testing.assert_array_equal(copies[:, 0, 0, 0], 0)
@@ -211,10 +218,11 @@ def groupcam_brute(x, act, grad, scorer, groups, kernel, sigma):
 def test_groupcam_matches_the_formula(chunk: int, groups: int) -> None:
     grad = np.random.default_rng(1).normal(size=ACT.shape).astype(np.float32)
     scorer = sigmoid_scorer(X.shape, seed=2)
-    got, batches = drive(groupcam_explore(X, ACT, grad, chunk, groups=groups, blur_kernel=3, blur_sigma=1.0), scorer)
+    got, batches = drive(groupcam_explore(Context(ACT, X, grad, chunk=chunk),
+                                          GroupCAMOptions(groups=groups, blur_kernel=3, blur_sigma=1.0)), scorer)
     expected, copies = groupcam_brute(X, ACT, grad, scorer, min(groups, 4), 3, 1.0)
     assert all(0 < len(b) <= chunk for b in batches)
-    assert sum(map(len, batches)) == groupcam_count(ACT, groups=groups) == min(groups, 4) + 1
+    assert sum(map(len, batches)) == groupcam_runs(ACT, GroupCAMOptions(groups=groups)) == min(groups, 4) + 1
     np.testing.assert_allclose(np.concatenate(batches), copies, rtol=1e-5, atol=1e-6)  # the blurred image first
     assert got.shape == (1, *X.shape[1:]) and got.min() >= 0
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -224,8 +232,8 @@ def test_groupcam_scores_below_the_blurred_image_count_zero() -> None:
     grad = np.ones_like(ACT)
     # the blurred image scores 0.5, every group less: an all-zero map
     scores = iter([np.array([0.5, 0.4]), np.array([0.1, 0.2]), np.array([0.3])])
-    got, _ = drive(groupcam_explore(X, ACT, grad, 2, groups=4, blur_kernel=3, blur_sigma=1.0),
-                   lambda b: next(scores))
+    options = GroupCAMOptions(groups=4, blur_kernel=3, blur_sigma=1.0)
+    got, _ = drive(groupcam_explore(Context(ACT, X, grad, chunk=2), options), lambda b: next(scores))
     np.testing.assert_array_equal(got, 0)
 
 
@@ -246,10 +254,10 @@ def rise_masks(seed: int, n: int, cells: int, p: float, size: tuple[int, int]) -
 @pytest.mark.parametrize("chunk", [1, 3, 16, 100])
 def test_rise_matches_the_formula(chunk: int) -> None:
     scorer = sigmoid_scorer(X.shape, seed=4)
-    got, batches = drive(rise_explore(X, ACT, chunk, seed=9, n=16, cells=3, p=0.4), scorer)
+    got, batches = drive(rise_explore(Context(ACT, X, chunk=chunk, seed=9), RISEOptions(n=16, cells=3, p=0.4)), scorer)
     masks = rise_masks(9, 16, 3, 0.4, X.shape[1:])
     copies = X[None] * masks[:, None]
-    assert all(len(b) <= chunk for b in batches) and sum(map(len, batches)) == rise_count(ACT, n=16) == 16
+    assert all(len(b) <= chunk for b in batches) and sum(map(len, batches)) == rise_runs(ACT, RISEOptions(n=16)) == 16
     np.testing.assert_allclose(np.concatenate(batches), copies, rtol=1e-6, atol=1e-7)
     expected = np.einsum("i,ihw->hw", scorer(copies), masks)[None] / (16 * 0.4)
     assert got.shape == (1, *X.shape[1:])
@@ -260,7 +268,8 @@ def test_rise_matches_the_formula(chunk: int) -> None:
 def test_rise_masks_keep_a_fraction_p_and_the_map_is_normalised_by_n_p(p: float) -> None:
     """E[M(pixel)] = p (a bilinear mix of Bernoulli(p) cells), so a constant score s gives S ≈ s."""
     x = np.ones((1, 16, 16), np.float32)
-    got, batches = drive(rise_explore(x, ACT, 500, seed=0, n=2000, cells=4, p=p), lambda b: np.full(len(b), 0.8))
+    got, batches = drive(rise_explore(Context(ACT, x, chunk=500, seed=0), RISEOptions(n=2000, cells=4, p=p)),
+                         lambda b: np.full(len(b), 0.8))
     masks = np.concatenate(batches)[:, 0]
     assert masks.min() >= 0 and masks.max() <= 1
     assert abs(masks.mean() - p) < 0.02
@@ -272,9 +281,9 @@ def test_rise_masks_keep_a_fraction_p_and_the_map_is_normalised_by_n_p(p: float)
 
 def test_rise_seed_fixes_the_masks() -> None:
     scorer = sigmoid_scorer(X.shape)
-    a, _ = drive(rise_explore(X, ACT, 3, seed=1, n=10, cells=3), scorer)
-    b, _ = drive(rise_explore(X, ACT, 10, seed=1, n=10, cells=3), scorer)
-    c, _ = drive(rise_explore(X, ACT, 3, seed=2, n=10, cells=3), scorer)
+    a, _ = drive(rise_explore(Context(ACT, X, chunk=3, seed=1), RISEOptions(n=10, cells=3)), scorer)
+    b, _ = drive(rise_explore(Context(ACT, X, chunk=10, seed=1), RISEOptions(n=10, cells=3)), scorer)
+    c, _ = drive(rise_explore(Context(ACT, X, chunk=3, seed=2), RISEOptions(n=10, cells=3)), scorer)
     np.testing.assert_allclose(a, b, rtol=1e-6)
     assert not np.allclose(a, c)
 
@@ -283,61 +292,77 @@ def test_rise_seed_fixes_the_masks() -> None:
 
 GRAD = np.ones_like(ACT)
 
+OPTIONS = {"sscam": SSCAMOptions, "iscam": ISCAMOptions, "groupcam": GroupCAMOptions, "rise": RISEOptions}
 
-@pytest.mark.parametrize(("explore", "options", "message"), [
-    (sscam_explore, {"n": 0}, "option n must be a positive integer, got 0"),
-    (sscam_explore, {"n": 2.5}, "option n must be a positive integer, got 2.5"),
-    (sscam_explore, {"n": True}, "option n must be a positive integer, got True"),
-    (sscam_explore, {"sigma": -1.0}, "option sigma must be a number ≥ 0, got -1.0"),
-    (sscam_explore, {"sigma": "big"}, "option sigma must be a number"),
-    (sscam_explore, {"noise": "both"}, "option noise must be one of mask, input, got 'both'"),
-    (iscam_explore, {"n": -3}, "option n must be a positive integer, got -3"),
-    (iscam_explore, {"cumulative": "yes"}, "option cumulative must be true or false, got 'yes'"),
-    (iscam_explore, {"cumulative": 1}, "option cumulative must be true or false, got 1"),
-    (groupcam_explore, {"groups": 0}, "option groups must be a positive integer, got 0"),
-    (groupcam_explore, {"blur_kernel": 4}, "option blur_kernel must be odd, got 4"),
-    (groupcam_explore, {"blur_kernel": 0}, "option blur_kernel must be a positive integer"),
-    (groupcam_explore, {"blur_sigma": 0.0}, "option blur_sigma must be positive"),
-    (groupcam_explore, {"blur_sigma": -2}, "option blur_sigma must be a number ≥ 0, got -2"),
-    (rise_explore, {"n": 0}, "option n must be a positive integer, got 0"),
-    (rise_explore, {"cells": 0}, "option cells must be a positive integer, got 0"),
-    (rise_explore, {"p": 0.0}, "option p must be positive"),
-    (rise_explore, {"p": 1.5}, "option p must be a number in [0, 1], got 1.5"),
-    (rise_explore, {"p": "half"}, "option p must be a number in [0, 1], got 'half'"),
+
+@pytest.mark.parametrize(("method", "options", "message"), [
+    ("sscam", {"n": 0}, "option n must be a positive integer, got 0"),
+    ("sscam", {"n": 2.5}, "option n must be a positive integer, got 2.5"),
+    ("sscam", {"n": True}, "option n must be a positive integer, got True"),
+    ("sscam", {"sigma": -1.0}, "option sigma must be a number ≥ 0, got -1.0"),
+    ("sscam", {"sigma": "big"}, "option sigma must be a number"),
+    ("sscam", {"noise": "both"}, "option noise must be one of mask, input, got 'both'"),
+    ("iscam", {"n": -3}, "option n must be a positive integer, got -3"),
+    ("iscam", {"cumulative": "yes"}, "option cumulative must be true or false, got 'yes'"),
+    ("iscam", {"cumulative": 1}, "option cumulative must be true or false, got 1"),
+    ("groupcam", {"groups": 0}, "option groups must be a positive integer, got 0"),
+    ("groupcam", {"blur_kernel": 4}, "option blur_kernel must be odd, got 4"),
+    ("groupcam", {"blur_kernel": 0}, "option blur_kernel must be a positive integer"),
+    ("groupcam", {"blur_sigma": 0.0}, "option blur_sigma must be positive"),
+    ("groupcam", {"blur_sigma": -2}, "option blur_sigma must be a number ≥ 0, got -2"),
+    ("rise", {"n": 0}, "option n must be a positive integer, got 0"),
+    ("rise", {"cells": 0}, "option cells must be a positive integer, got 0"),
+    ("rise", {"p": 0.0}, "option p must be positive"),
+    ("rise", {"p": 1.5}, "option p must be a number in [0, 1], got 1.5"),
+    ("rise", {"p": "half"}, "option p must be a number in [0, 1], got 'half'"),
 ])
-def test_bad_option_values_are_input_errors(explore, options: dict, message: str) -> None:
-    needs = {"x": X, "activation": ACT, "chunk": 4}
-    needs.update({sscam_explore: {"seed": 0}, rise_explore: {"seed": 0}, groupcam_explore: {"gradient": GRAD}}
-                 .get(explore, {}))
+def test_bad_option_values_are_input_errors(method: str, options: dict, message: str) -> None:
+    """Building the options checks them, directly or through the method's record."""
+    assert METHODS[method].options is OPTIONS[method]
     with pytest.raises(InputError) as e:
-        next(explore(**needs, **options))
+        OPTIONS[method](**options)
+    assert message in str(e.value)
+    with pytest.raises(InputError) as e:
+        METHODS[method].configure(options)
     assert message in str(e.value)
 
 
 def test_groupcam_checks_the_gradient_shape() -> None:
     with pytest.raises(InputError, match="must have the activation's shape"):
-        next(groupcam_explore(X, ACT, GRAD[:2], 4))
+        Context(ACT, X, GRAD[:2], chunk=4)
+
+
+def test_a_context_checks_the_shapes_and_the_chunk() -> None:
+    with pytest.raises(InputError, match="C×h×w"):
+        Context(ACT[None], X, chunk=4)
+    with pytest.raises(InputError, match="one image C×H×W"):
+        Context(ACT, X[None], chunk=4)
+    for chunk in (0, -1, 2.0, True):
+        with pytest.raises(InputError, match="chunk must be a positive integer"):
+            Context(ACT, X, chunk=chunk)
 
 
 @pytest.mark.parametrize("name", ["sscam", "iscam", "groupcam", "rise"])
-def test_registry_defaults_are_accepted_and_count_bounds_the_copies(name: str) -> None:
+def test_registry_defaults_are_accepted_and_runs_bounds_the_copies(name: str) -> None:
     spec = METHODS[name]
-    assert spec.family == "input" and spec.explore is not None and spec.count is not None
-    context = {"x": X, "seed": 0, "gradient": GRAD, "base": 0.0}
-    options = dict(spec.options)
+    assert spec.family == "input" and spec.explore is not None and spec.runs is not None
+    context = Context(ACT, X, GRAD, base=0.0, seed=0, chunk=5)
+    options = spec.options.defaults()
     if name in ("sscam", "iscam", "rise"):
         options["n"] = 3  # the defaults (35, 10, 4000 copies) take long only with a real network
     if name == "groupcam":
         options.update(blur_kernel=3)
-    _, batches = drive(spec.explore(activation=ACT, chunk=5, **{k: context[k] for k in spec.needs}, **options),
-                       sigmoid_scorer(X.shape))
-    assert sum(map(len, batches)) == spec.count(ACT, **options)
+    configured = spec.configure(options)
+    _, batches = drive(spec.explore(context, configured), sigmoid_scorer(X.shape))
+    assert sum(map(len, batches)) == spec.runs(ACT, configured)
 
 
 def test_map_resolutions() -> None:
     """Group-CAM and RISE return maps at input resolution, the others at the layer's."""
     scorer = sigmoid_scorer(X.shape)
-    assert drive(groupcam_explore(X, ACT, GRAD, 4, blur_kernel=3), scorer)[0].shape == (1, 5, 7)
-    assert drive(rise_explore(X, ACT, 4, seed=0, n=4), scorer)[0].shape == (1, 5, 7)
-    assert drive(iscam_explore(X, ACT, 4, n=2), scorer)[0].shape == (1, 2, 3)
-    assert normalize(drive(sscam_explore(X, ACT, 4, seed=0, n=2), scorer)[0]).max() == 1.0
+    assert drive(groupcam_explore(Context(ACT, X, GRAD, chunk=4), GroupCAMOptions(blur_kernel=3)),
+                 scorer)[0].shape == (1, 5, 7)
+    assert drive(rise_explore(Context(ACT, X, chunk=4, seed=0), RISEOptions(n=4)), scorer)[0].shape == (1, 5, 7)
+    assert drive(iscam_explore(Context(ACT, X, chunk=4), ISCAMOptions(n=2)), scorer)[0].shape == (1, 2, 3)
+    assert normalize(drive(sscam_explore(Context(ACT, X, chunk=4, seed=0), SSCAMOptions(n=2)),
+                           scorer)[0]).max() == 1.0

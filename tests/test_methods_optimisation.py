@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from camrt.errors import InputError
+from camrt.methods import METHODS, Context
 from camrt.methods._core import upsample
-from camrt.methods.optimisation import opticam_explore, opticam_gradient, opticam_mask, upsample_adjoint
+from camrt.methods.optimisation import (
+    OptiCAMOptions,
+    opticam_explore,
+    opticam_gradient,
+    opticam_mask,
+    opticam_runs,
+    upsample_adjoint,
+)
 
 RNG = np.random.default_rng(0)
 A = RNG.random((5, 4, 3))
@@ -40,7 +48,8 @@ def test_mask_is_normalised_and_a_constant_map_gives_zero_gradient() -> None:
 
 def test_adam_loop_matches_torch_adam_on_a_linear_score() -> None:
     steps = 7
-    explore = opticam_explore(X.astype(np.float32), A.astype(np.float32), chunk=1, steps=steps, lr=0.1)
+    explore = opticam_explore(Context(A.astype(np.float32), X.astype(np.float32), chunk=1),
+                              OptiCAMOptions(steps=steps, lr=0.1))
     batch = next(explore)
     try:
         while True:  # the linear network: y = <W, x'>, ∂y/∂x' = W
@@ -61,7 +70,19 @@ def test_adam_loop_matches_torch_adam_on_a_linear_score() -> None:
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(InputError, match="steps"):
-        next(opticam_explore(X, A, chunk=1, steps=0))
-    with pytest.raises(InputError, match="lr"):
-        next(opticam_explore(X, A, chunk=1, lr=-1.0))
+    with pytest.raises(InputError, match="option steps must be a positive integer, got 0"):
+        OptiCAMOptions(steps=0)
+    with pytest.raises(InputError, match="option lr must be a number"):
+        OptiCAMOptions(lr=-1.0)
+    with pytest.raises(InputError, match="option lr must be positive"):
+        METHODS["opticam"].configure({"lr": 0.0})
+    assert opticam_runs(A, OptiCAMOptions(steps=7)) == 7
+
+
+def test_the_context_is_checked() -> None:
+    with pytest.raises(InputError, match="C×h×w"):
+        Context(A[None], X, chunk=1)
+    with pytest.raises(InputError, match="one image C×H×W"):
+        Context(A, X[None], chunk=1)
+    with pytest.raises(InputError, match="needs `x`"):
+        next(opticam_explore(Context(A, chunk=1), OptiCAMOptions()))

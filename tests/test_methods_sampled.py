@@ -10,6 +10,7 @@ import torchcam.methods as tc
 from camrt.errors import InputError
 from camrt.methods import (
     METHODS,
+    SampleContext,
     combine,
     gradcampp,
     integratedgradcam,
@@ -19,10 +20,12 @@ from camrt.methods import (
     smoothgradcampp,
     smoothgradcampp_samples,
 )
-from tests import test_methods_support as ref
+from camrt.methods.sampled import IntegratedGradCAMOptions, SmoothGradCAMppOptions
+from tests import references as ref
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)[None, :, None, None]
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)[None, :, None, None]
+BLACK = np.zeros((1, 1, 1, 1), np.float32)  # a baseline for the methods that do not use it (Smooth Grad-CAM++)
 
 
 def eager_samples(copies: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -37,20 +40,26 @@ def eager_samples(copies: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarra
 
 def test_smooth_samples_are_x_plus_gaussian_noise() -> None:
     x = np.arange(12, dtype=np.float32).reshape(1, 3, 2, 2)
-    copies = smoothgradcampp_samples(x, np.random.default_rng(5), n=3, sigma=0.5)
+    copies = smoothgradcampp_samples(SampleContext(x, np.random.default_rng(5), BLACK),
+                                     SmoothGradCAMppOptions(n=3, sigma=0.5))
     assert copies.shape == (1, 3, 3, 2, 2) and copies.dtype == np.float32
     noise = np.random.default_rng(5).normal(0.0, 0.5, size=(1, 3, 3, 2, 2))
     np.testing.assert_allclose(copies, x[:, None] + noise, atol=1e-6)
-    np.testing.assert_array_equal(smoothgradcampp_samples(x, np.random.default_rng(0), sigma=0.0)[0, 3], x[0])
-    big = smoothgradcampp_samples(np.zeros((2, 1, 50, 50), np.float32), np.random.default_rng(1))
+    np.testing.assert_array_equal(smoothgradcampp_samples(SampleContext(x, np.random.default_rng(0), BLACK),
+                                                          SmoothGradCAMppOptions(sigma=0.0))[0, 3], x[0])
+    big = smoothgradcampp_samples(SampleContext(np.zeros((2, 1, 50, 50), np.float32), np.random.default_rng(1), BLACK),
+                                  SmoothGradCAMppOptions())
     assert big.shape == (2, 4, 1, 50, 50) and abs(big.std() - 0.3) < 0.01  # TorchCAM's defaults n=4, σ=0.3
 
 
 def test_smooth_samples_reject_bad_options() -> None:
-    with pytest.raises(InputError, match="n"):
-        smoothgradcampp_samples(np.zeros((1, 3, 4, 4), np.float32), np.random.default_rng(0), n=0)
+    with pytest.raises(InputError, match="option n must be a positive integer, got 0"):
+        SmoothGradCAMppOptions(n=0)
+    with pytest.raises(InputError, match="option n must be a positive integer, got 0"):
+        METHODS["smoothgradcam++"].configure({"n": 0})
     with pytest.raises(InputError, match="x must be"):
-        smoothgradcampp_samples(np.zeros((3, 4, 4), np.float32), np.random.default_rng(0))
+        smoothgradcampp_samples(SampleContext(np.zeros((3, 4, 4), np.float32), np.random.default_rng(0), BLACK),
+                                SmoothGradCAMppOptions())
 
 
 def test_smooth_hand_computed() -> None:
@@ -74,8 +83,9 @@ def test_smooth_without_noise_is_gradcampp() -> None:
     # layer3: its gradient depends on the input (layer4's does not, behind a GAP -> linear head).
     x = ref.image().numpy()
     activation, gradient = ref.fixed(("layer3",))["layer3"]
-    sample_activation, sample_gradient = eager_samples(smoothgradcampp_samples(x, np.random.default_rng(0), sigma=0.0),
-                                                       "layer3")
+    copies = smoothgradcampp_samples(SampleContext(x, np.random.default_rng(0), BLACK),
+                                     SmoothGradCAMppOptions(sigma=0.0))
+    sample_activation, sample_gradient = eager_samples(copies, "layer3")
     expected = gradcampp(activation, gradient)
     np.testing.assert_allclose(smoothgradcampp(activation, gradient, sample_activation, sample_gradient), expected,
                                rtol=1e-4, atol=1e-4 * expected.max())
@@ -89,7 +99,8 @@ def test_smooth_matches_torchcam_with_the_same_noise() -> None:
     # Σ_ab A_kab D3_kab instead of Σ_ab A_kab · D3_kij. On layer4 (gradient constant over the map and across
     # copies) (1) and (3) vanish, so the copies enter only through (2), which pins down the shared noise.
     x = ref.image()
-    copies = smoothgradcampp_samples(x.numpy(), np.random.default_rng(0), **METHODS["smoothgradcam++"].options)
+    method = METHODS["smoothgradcam++"]
+    copies = method.samples(SampleContext(x.numpy(), np.random.default_rng(0), BLACK), method.configure())
     noise = iter(torch.from_numpy(copies - x.numpy()[:, None]).unbind(1))
 
     class SameNoise:
@@ -123,7 +134,8 @@ def test_smooth_matches_torchcam_with_the_same_noise() -> None:
 
 def test_integrated_samples_are_the_path_interior() -> None:
     x = np.full((1, 1, 1, 2), 2.0, dtype=np.float32)
-    copies = integratedgradcam_samples(x, None, baseline=np.float32(-1.0), steps=4)
+    copies = integratedgradcam_samples(SampleContext(x, np.random.default_rng(0), np.float32(-1.0)),
+                                       IntegratedGradCAMOptions(steps=4))
     # b + (l/4)(x - b) for l = 1, 2, 3 with b = -1, x = 2: -0.25, 0.5, 1.25
     np.testing.assert_allclose(copies[0, :, 0, 0, 0], [-0.25, 0.5, 1.25])
     assert copies.shape == (1, 3, 1, 1, 2) and copies.dtype == np.float32
@@ -131,10 +143,13 @@ def test_integrated_samples_are_the_path_interior() -> None:
 
 def test_integrated_samples_reject_bad_options() -> None:
     x = np.zeros((1, 3, 4, 4), np.float32)
-    with pytest.raises(InputError, match="steps"):
-        integratedgradcam_samples(x, None, baseline=0.0, steps=1)
+    with pytest.raises(InputError, match="option steps must be ≥ 2"):
+        IntegratedGradCAMOptions(steps=1)
+    with pytest.raises(InputError, match="option steps must be ≥ 2"):
+        METHODS["integratedgradcam"].configure({"steps": 1})
     with pytest.raises(InputError, match="broadcast"):
-        integratedgradcam_samples(x, None, baseline=np.zeros(2), steps=3)
+        integratedgradcam_samples(SampleContext(x, np.random.default_rng(0), np.zeros(2)),
+                                  IntegratedGradCAMOptions(steps=3))
 
 
 def test_integrated_hand_computed() -> None:
@@ -152,15 +167,15 @@ def test_integrated_hand_computed() -> None:
 
 def test_integrated_on_resnet_follows_the_engine_contract() -> None:
     method = METHODS["integratedgradcam"]
-    assert method.needs == ("baseline",)
+    assert method.family == "sampled" and method.options is IntegratedGradCAMOptions
     x = ref.image().numpy()
     black = (0.0 - IMAGENET_MEAN) / IMAGENET_STD  # a black image after ImageNet preprocessing
-    copies = method.samples(x, np.random.default_rng(0), **{**method.options, "steps": 4}, baseline=black)
+    copies = method.samples(SampleContext(x, np.random.default_rng(0), black), method.configure({"steps": 4}))
     assert copies.shape == (2, 3, 3, *ref.SIZE)
     np.testing.assert_allclose(copies[:, 0], black + (x - black) / 4, atol=1e-6)
     activation, gradient = ref.fixed(("layer3",))["layer3"]
     sample_activation, sample_gradient = eager_samples(copies, "layer3")
-    got = method.fn(activation, gradient, sample_activation, sample_gradient)
+    got = method.map(activation, gradient, sample_activation, sample_gradient)
     # Independently: Grad-CAM of each of the 4 path points, each run on its own, rectified, averaged.
     per_point = []
     for frac in (0.25, 0.5, 0.75, 1.0):
