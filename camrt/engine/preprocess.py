@@ -5,8 +5,8 @@ filter, widened by the scale factor when shrinking, with the same weights as the
 an approximation). It streams: the image is cut into strips of columns, and each strip is read in
 short runs of rows straight from its uint8/uint16 pixels, converted (RGBA composited), and added
 into the output rows it reaches; then the strip, now h rows high, is resized across its columns.
-The image is never copied whole: the extra memory is one strip at the output's height (≤ 2 MB)
-and a few 1 MB blocks, whatever the image's size (figures in docs/benchmarks.md).
+The image is never copied whole: the extra memory is a strip's two run sums at the output's
+height (2 × 2 MB) and a 1 MB block, whatever the image's size (figures in docs/benchmarks.md).
 
 Shrinking uses that the filter's support is then exactly the spacing of the output pixels: an
 input pixel at `t` (0 ≤ t < 1) of the way from output centre `o` to output centre `o + 1` has
@@ -31,7 +31,7 @@ from camrt.manifest import Preprocessing
 
 # Values (rows × columns × channels) per block of rows read at once: 1 MB as float32.
 _BLOCK_VALUES = 1 << 18
-# Values of a strip once resized to the output's height (2 MB as float32): sets the strip width.
+# Values of a strip once resized to the output's height (2 MB as float32): sets the strips' width.
 _STRIP_VALUES = 1 << 19
 # Runs longer than this many pixels (an image over 64× the output's size) are summed in float64:
 # float32 sums of n terms carry a relative error up to n·2⁻²⁴.
@@ -86,11 +86,13 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
 class _Runs:
     """A shrinking axis, `n_in` > `n_out`. Input i is in run `g[i]` (−1 … n_out−1: the inputs
     between output centres g and g + 1) at fraction `t[i]` of the way, and adds `(1 − t)·x` to
-    output g and `t·x` to output g + 1; `starts` are the runs' first inputs, `norm` each output's
-    total weight, `dtype` the sums' precision."""
+    output g and `t·x` to output g + 1; `w` is (1 − t, t) as a 2 × n_in array, `starts` the runs'
+    first inputs (run g starts at `starts[g + 1]`), `norm` each output's total weight, `dtype` the
+    sums' precision."""
 
     g: np.ndarray
     t: np.ndarray
+    w: np.ndarray
     starts: np.ndarray
     norm: np.ndarray
     dtype: type
@@ -116,7 +118,7 @@ def _axis(n_in: int, n_out: int) -> _Runs | _Taps:
         starts = np.flatnonzero(np.diff(g, prepend=-2))  # runs −1 … n_out−1, none empty when shrinking
         lo, hi = np.add.reduceat(1.0 - t, starts), np.add.reduceat(t, starts)
         dtype = np.float32 if n_in <= _FLOAT32_RUN * n_out else np.float64
-        return _Runs(g, t.astype(dtype), starts, lo[1:] + hi[:-1], dtype)
+        return _Runs(g, t.astype(dtype), np.stack([1.0 - t, t]).astype(dtype), starts, lo[1:] + hi[:-1], dtype)
     num = (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in - n_out
     i0 = num // (2 * n_out)
     f = (num - i0 * (2 * n_out)) / (2.0 * n_out)
@@ -132,17 +134,17 @@ def _down(strip: np.ndarray, scale: float, rows: _Runs | _Taps, h: int) -> np.nd
         return _composite(strip[rows.i0], scale) * (1.0 - rows.f)[:, None, None] \
             + _composite(strip[rows.i1], scale) * rows.f[:, None, None]
     n_rows, width, n_ch = strip.shape
-    acc = np.zeros((h + 2, width, min(n_ch, 3)), rows.dtype)  # output o is acc[o + 1]; 0 and h + 1 take the spill
+    sums = np.zeros((2, h + 1, width, min(n_ch, 3)), rows.dtype)  # run g's Σ(1 − t)·x and Σ t·x at g + 1
     block = max(1, _BLOCK_VALUES // (width * n_ch))
-    for a, b in zip(rows.starts, [*rows.starts[1:], n_rows], strict=True):
-        for r0 in range(a, b, block):
-            r1 = min(b, r0 + block)
-            t = rows.t[r0:r1]
-            x = _composite(strip[r0:r1], scale).astype(rows.dtype, copy=False)
-            lo, hi = np.einsum("kl,lsc->ksc", np.stack([1.0 - t, t]), x)
-            acc[rows.g[a] + 1] += lo
-            acc[rows.g[a] + 2] += hi
-    return acc[1:h + 1]
+    for k, (a, b) in enumerate(zip(rows.starts, [*rows.starts[1:], n_rows], strict=True)):
+        if b - a <= block:  # one einsum straight into its place: each numpy call costs, 225 runs a strip
+            np.einsum("kl,lsc->ksc", rows.w[:, a:b], _composite(strip[a:b], scale), out=sums[:, k])
+            continue
+        for r0, r1 in zip(range(a, b, block), [*range(a + block, b, block), b], strict=True):  # a long run
+            sums[:, k] += np.einsum("kl,lsc->ksc", rows.w[:, r0:r1], _composite(strip[r0:r1], scale))
+    lo, hi = sums[0, 1:], sums[1, :-1]  # output o: Σ(1 − t)·x over run o, Σ t·x over run o − 1
+    lo += hi
+    return lo
 
 
 def _across(v: np.ndarray, cols: _Runs | _Taps, c0: int, c1: int, out: np.ndarray) -> None:
@@ -153,11 +155,13 @@ def _across(v: np.ndarray, cols: _Runs | _Taps, c0: int, c1: int, out: np.ndarra
         return
     starts = cols.starts[(cols.starts >= c0) & (cols.starts < c1)] - c0  # the strip holds whole runs
     v = v.astype(cols.dtype, copy=False)  # reduceat's own dtype= would cast a whole copy first
-    hi = np.add.reduceat(v * cols.t[c0:c1, None], starts, axis=1)
+    n, width, n_ch = v.shape
+    vt = (v.reshape(n, -1) * np.repeat(cols.t[c0:c1], n_ch)).reshape(v.shape)  # flat rows: broadcasting over C is slow
+    hi = np.add.reduceat(vt, starts, axis=1)
     lo = np.add.reduceat(v, starts, axis=1) - hi
-    g = cols.g[starts + c0]
-    out[:, g + 1] += lo  # runs are distinct: plain fancy-index adds
-    out[:, g + 2] += hi
+    g0 = cols.g[c0] + 1  # the strip's runs are g0 − 1, g0, ... in order: slices, not fancy indices
+    out[:, g0:g0 + len(starts)] += lo
+    out[:, g0 + 1:g0 + 1 + len(starts)] += hi
 
 
 def _strips(n_cols: int, cols: _Runs | _Taps, h: int, n_ch: int) -> list[int]:
