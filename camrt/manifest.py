@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, field
 METADATA_KEY = "camrt"
 FORMAT_VERSION = 1
 
+# The ONNX opsets camrt writes, and its default (why these: `camrt.exporter.api`).
+OPSETS = range(18, 27)
+DEFAULT_OPSET = 20
+
 INPUT = "input"
 CLASS_IDX = "class_idx"
 LOGITS = "logits"
@@ -29,6 +33,11 @@ def activation_name(layer: str) -> str:
 
 def gradient_name(layer: str) -> str:
     return f"gradient.{layer}"
+
+
+def is_gradient(name: str) -> bool:
+    """Whether the output `name` is a gradient: `gradient.L` of a target layer, or `INPUT_GRADIENT`."""
+    return name == INPUT_GRADIENT or name.startswith(gradient_name(""))
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class Manifest:
     camrt_version: str = ""
     weights_sha256: str = ""
     source: str = ""
-    opset: int = 0
+    opset: int = 0  # the default-domain opset the file imports
     format_version: int = FORMAT_VERSION
     input_gradient: bool = False  # the graph has the output INPUT_GRADIENT (absent from older manifests)
 

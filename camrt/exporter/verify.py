@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from camrt.exporter.trace import frozen_eval, select_output
-from camrt.manifest import INPUT_GRADIENT
+from camrt.manifest import CLASS_IDX_USED, INPUT_GRADIENT, LOGITS, activation_name, gradient_name, is_gradient
 
 RTOL = 1e-4
 MAX_FLIP_FRACTION = 5e-3
@@ -90,10 +90,10 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
     finally:
         for h in handles:
             h.remove()
-    out = {"logits": logits.detach().numpy(), "class_idx_used": used.numpy()}
+    out = {LOGITS: logits.detach().numpy(), CLASS_IDX_USED: used.numpy()}
     for n, g in zip(layers, grads, strict=False):
-        out[f"activation.{n}"] = acts[n].detach().numpy()
-        out[f"gradient.{n}"] = g.numpy()
+        out[activation_name(n)] = acts[n].detach().numpy()
+        out[gradient_name(n)] = g.numpy()
     if input_gradient:
         out[INPUT_GRADIENT] = grads[-1].numpy()
     return out
@@ -115,10 +115,10 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, yardstick: np.ndarray |
     """None when `got` matches the oracle `ref` under the criterion above, else what is off."""
     if got.shape != ref.shape:
         return Mismatch(name, f"shape {got.shape} != {ref.shape}")
-    if name == "class_idx_used":
+    if name == CLASS_IDX_USED:
         bad = float(np.mean(got != ref))
         return Mismatch(name, f"a different class for {bad:.0%} of the images") if bad else None
-    if name.startswith("gradient."):
+    if is_gradient(name):
         frac, l2 = deviation(got, ref)
         frac_y, l2_y = deviation(yardstick, ref) if yardstick is not None else (0.0, 0.0)
         if frac > MAX_FLIP_FRACTION + 2 * frac_y or l2 > L2_FLOOR + 2 * l2_y:

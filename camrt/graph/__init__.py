@@ -3,6 +3,12 @@
 Every pass returns a new model and leaves its argument untouched. The exporter runs
 `export_passes(...)`; the engine runs `forward_only`, `keep_outputs` and `tail` to get cheap sub-graphs
 (ONNX Runtime computes every node of a graph whatever outputs are requested).
+
+A pass never finds nothing silently when it had something to find: a rewrite pass checks whether
+the graph calls for its rewrite (`gather_selected_rows`: the logits are a linear layer) and raises
+`PatternNotFound` when it does and no match is found, for example after a torch upgrade traces
+the pattern in another form. The exporter turns that into an `ExportError`: camrt does not write
+a file whose graph is not the one it documents.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import onnx
 
+from camrt.graph._util import PatternNotFound
 from camrt.graph.class_idx import default_class_idx, guard_class_idx
 from camrt.graph.class_select import gather_selected_rows
 from camrt.graph.metadata import attach_manifest
@@ -20,7 +27,7 @@ Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
 
 
 def run_passes(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProto:
-    """Apply `passes` in order."""
+    """Apply `passes` in order; a `PatternNotFound` from any of them propagates."""
     for p in passes:
         model = p(model)
     return model
@@ -36,5 +43,5 @@ def export_passes(num_classes: int, manifest_json: str) -> list[Pass]:
     ]
 
 
-__all__ = ["Pass", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
+__all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
            "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows"]

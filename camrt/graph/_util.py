@@ -22,3 +22,18 @@ def rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
         for k, name in enumerate(node.input):
             if name == old:
                 node.input[k] = new
+
+
+class PatternNotFound(ValueError):
+    """A pass found nothing to rewrite in a graph that shows it should be there.
+
+    A rewrite pass that silently changes nothing would leave the slow or unsupported form in the
+    file (after a torch upgrade traces the pattern differently, for example). Such a pass checks
+    whether the graph calls for its rewrite and raises this when it does and no match is found;
+    on a graph that does not call for it, finding nothing is normal and the pass returns a copy.
+    """
+
+    def __init__(self, pass_name: str, detail: str) -> None:
+        super().__init__(f"graph pass {pass_name}: {detail}")
+        self.pass_name = pass_name
+        self.detail = detail

@@ -7,10 +7,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from camrt.graph._util import copy, find_input, rename_uses
+from camrt.manifest import CLASS_IDX, INPUT
 
-CLASS_IDX = "class_idx"
-CHECK_NODE = "class_idx_check: each class_idx must be -1 or in [0, {k}) and have length 1 or N"
-BROADCAST_NODE = "class_idx_broadcast: class_idx must have length 1 or N (the batch size)"
+# Node names are what ONNX Runtime reports when a check fails, so each states its rule.
+CHECK_NODE = f"{CLASS_IDX}_check: each {CLASS_IDX} must be -1 or in [0, {{k}}) and have length 1 or N"
+BROADCAST_NODE = f"{CLASS_IDX}_broadcast: {CLASS_IDX} must have length 1 or N (the batch size)"
+
+
+def _t(suffix: str) -> str:
+    """The name of an internal tensor of the check, derived from the input's name."""
+    return f"{CLASS_IDX}_{suffix}"
 
 
 def guard_class_idx(num_classes: int):
@@ -25,23 +31,23 @@ def guard_class_idx(num_classes: int):
         model = copy(model)
         g = model.graph
         find_input(g, CLASS_IDX)
-        first_input = g.input[0].name
-        checked = "class_idx_checked"
+        find_input(g, INPUT)
+        checked = _t("checked")
         rename_uses(g, CLASS_IDX, checked)
         k = np.array(num_classes, dtype=np.int64)
+        n, b, lo, hi, ge, lt, ok, ok64, count = map(_t, ("n", "b", "lo", "k", "ge", "lt", "ok", "ok64", "count"))
         nodes = [
-            helper.make_node("Shape", [first_input], ["class_idx_n"], start=0, end=1),
-            helper.make_node("Expand", [CLASS_IDX, "class_idx_n"], ["class_idx_b"], name=BROADCAST_NODE),
-            helper.make_node("Constant", [], ["class_idx_lo"], value=numpy_helper.from_array(np.array(-1, np.int64))),
-            helper.make_node("Constant", [], ["class_idx_k"], value=numpy_helper.from_array(k)),
-            helper.make_node("GreaterOrEqual", ["class_idx_b", "class_idx_lo"], ["class_idx_ge"]),
-            helper.make_node("Less", ["class_idx_b", "class_idx_k"], ["class_idx_lt"]),
-            helper.make_node("And", ["class_idx_ge", "class_idx_lt"], ["class_idx_ok"]),
-            helper.make_node("Cast", ["class_idx_ok"], ["class_idx_ok64"], to=TensorProto.INT64),
-            helper.make_node("ReduceSum", ["class_idx_ok64"], ["class_idx_count"], keepdims=1),
+            helper.make_node("Shape", [INPUT], [n], start=0, end=1),
+            helper.make_node("Expand", [CLASS_IDX, n], [b], name=BROADCAST_NODE),
+            helper.make_node("Constant", [], [lo], value=numpy_helper.from_array(np.array(-1, np.int64))),
+            helper.make_node("Constant", [], [hi], value=numpy_helper.from_array(k)),
+            helper.make_node("GreaterOrEqual", [b, lo], [ge]),
+            helper.make_node("Less", [b, hi], [lt]),
+            helper.make_node("And", [ge, lt], [ok]),
+            helper.make_node("Cast", [ok], [ok64], to=TensorProto.INT64),
+            helper.make_node("ReduceSum", [ok64], [count], keepdims=1),
             # allowzero=1: a count of 0 (every entry invalid) must fail, not mean "keep this dimension".
-            helper.make_node("Reshape", ["class_idx_b", "class_idx_count"], [checked], allowzero=1,
-                             name=CHECK_NODE.format(k=num_classes)),
+            helper.make_node("Reshape", [b, count], [checked], allowzero=1, name=CHECK_NODE.format(k=num_classes)),
         ]
         for node in reversed(nodes):
             g.node.insert(0, node)
