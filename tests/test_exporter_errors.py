@@ -4,6 +4,7 @@ rules (pooling with ceil_mode and padding, adaptive pooling, strided/dilated/gro
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import camrt
+from camrt import atomic
 from camrt.engine import open_session
 from camrt.errors import ExportError, InputError, LayerError, VerificationError
 from camrt.exporter import api, verify
@@ -118,7 +120,7 @@ def test_output_directory_refusing_files(out_dir, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(api.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic, "_open_temp", refuse)
     with pytest.raises(InputError, match=r"cannot write .*Permission denied"):
         camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE)
     assert list(out_dir.iterdir()) == []
@@ -146,6 +148,35 @@ def test_mean_std_of_the_wrong_length(out_dir) -> None:
         camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE, std=(0.5, 0.0, 0.5))
 
 
+@pytest.mark.parametrize("opset", [7, 11, 13, 17, 27, 30, True, "20"], ids=str)
+def test_unsupported_opset_is_refused_before_any_work(tmp_path, opset) -> None:
+    """torch would write opset 18 (below 18 or past onnx's newest) or a file ONNX Runtime cannot load."""
+    missing_model = tmp_path / "not-there.pth"  # the opset is checked before the model is even loaded
+    with pytest.raises(InputError, match=r"opset .* is not supported: camrt writes opsets 18 to 26.*torch's ONNX "
+                                         r"exporter translates from opset 18 up"):
+        camrt.export(missing_model, layers=["layer1"], path=tmp_path / "m.onnx", opset=opset)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_channel_count_the_model_does_not_take(out_dir) -> None:
+    with pytest.raises(InputError, match=r"has 4 channels but the model takes 3 \(its first convolution 'conv1' "
+                                         r"has in_channels=3\); pass --input-shape N,3,H,W"):
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=(1, 4, 32, 32))
+    assert list(out_dir.iterdir()) == []
+    with pytest.raises(InputError, match="has 1 channels but the model takes 3"):
+        camrt.list_layers(make(TinyNet), (1, 1, 32, 32))
+
+
+def test_model_error_is_reported_on_one_line(out_dir) -> None:
+    class TwoLines(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("first line\nsecond line")
+
+    with pytest.raises(InputError, match="rejects an input of shape") as info:
+        camrt.export(TwoLines(), layers=["x"], path=out_dir / "m.onnx", input_shape=SHAPE)
+    assert "\n" not in str(info.value) and "first line" in str(info.value)
+
+
 # --- failures after tracing leave nothing behind -------------------------------------------------
 
 
@@ -160,13 +191,79 @@ def test_verification_failure_writes_nothing(out_dir, monkeypatch) -> None:
 
 
 def test_failed_write_leaves_no_partial_file(out_dir, monkeypatch) -> None:
-    def half_save(proto, path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(proto.SerializeToString()[:100])
-        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+    """The data is written, then the disk turns out to be full when it is synced (as a delayed
+    allocation or a network file system reports it): nothing is left and the old file stays.
+    A real short write under a file-size limit is in tests/test_cli.py and tests/test_atomic.py."""
+    target = out_dir / "m.onnx"
+    target.write_bytes(b"previous export")
 
-    monkeypatch.setattr(api.onnx, "save", half_save)
-    with pytest.raises(ExportError, match="writing the ONNX file failed"):
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(ExportError, match=r"cannot write '.*m.onnx': No space left on device"):
+        camrt.export(make(TinyNet), layers=["layer1"], path=target, input_shape=SHAPE)
+    assert [p.name for p in out_dir.iterdir()] == ["m.onnx"]
+    assert target.read_bytes() == b"previous export"
+
+
+def test_model_over_the_protobuf_limit_writes_nothing(out_dir, monkeypatch) -> None:
+    """protobuf cannot hold one message over 2 GB; a tiny model stands in with a lower limit."""
+    monkeypatch.setattr(api.onnx.checker, "MAXIMUM_PROTOBUF", 1000)
+    with pytest.raises(ExportError, match=r"cannot write '.*m.onnx': the model is .* over protobuf's 2 GB limit"):
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE)
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("opset", [18, 26])
+def test_opset_is_honoured_and_recorded(tmp_path, opset) -> None:
+    path = tmp_path / "m.onnx"
+    manifest = camrt.export(make(TinyNet), layers=["layer2"], path=path, input_shape=SHAPE, opset=opset)
+    proto = onnx.load(path)
+    assert api.file_opset(proto) == opset == manifest.opset
+    assert Manifest.from_json({p.key: p.value for p in proto.metadata_props}[METADATA_KEY]).opset == opset
+    x = inputs((2, 3, 32, 32), seed=3)
+    assert_matches(run(open_session(path), x, [-1]), eager_cam(make(TinyNet), x, np.array([-1]), ["layer2"]))
+
+
+def test_opset_torch_did_not_write_is_an_error(out_dir, monkeypatch) -> None:
+    """Should torch fall back to another opset without failing, the manifest must not claim the asked one."""
+    real = api._to_onnx
+
+    def fallback(*args, **kwargs):
+        proto = real(*args, **kwargs)
+        for o in proto.opset_import:
+            if o.domain == "":
+                o.version = 18
+        return proto
+
+    monkeypatch.setattr(api, "_to_onnx", fallback)
+    with pytest.raises(ExportError, match="wrote opset 18 instead of the requested 20"):
+        camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE, opset=20)
+    assert list(out_dir.iterdir()) == []
+
+
+def test_selection_product_in_an_unknown_form_is_an_error(out_dir, monkeypatch) -> None:
+    """A torch that traces the class selection differently: the gather rewrite finds nothing, and
+    the export says so instead of writing a graph that reads the whole classifier per image."""
+    real = api._to_onnx
+
+    def other_form(*args, **kwargs):
+        proto = real(*args, **kwargs)
+        nodes, equal = [], set()
+        for node in proto.graph.node:  # Cast(Equal(...)) becomes Cast(Identity(Equal(...))): same values
+            node.input[:] = [f"{i}_id" if i in equal else i for i in node.input]
+            nodes.append(node)
+            if node.op_type == "Equal":
+                equal.add(node.output[0])
+                nodes.append(onnx.helper.make_node("Identity", [node.output[0]], [f"{node.output[0]}_id"]))
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        onnx.checker.check_model(proto)
+        return proto
+
+    monkeypatch.setattr(api, "_to_onnx", other_form)
+    with pytest.raises(ExportError, match=r"gather_selected_rows: 'logits' is a linear layer.*nothing was written"):
         camrt.export(make(TinyNet), layers=["layer1"], path=out_dir / "m.onnx", input_shape=SHAPE)
     assert list(out_dir.iterdir()) == []
 
@@ -202,6 +299,7 @@ def test_caller_model_is_left_as_it_was(exported) -> None:
 
 def test_manifest_in_file(exported) -> None:
     proto = onnx.load(exported["path"])
+    assert exported["manifest"].opset == api.file_opset(proto) == 20  # the default, as the file has it
     meta = {p.key: p.value for p in proto.metadata_props}
     m = Manifest.from_json(meta[METADATA_KEY])
     assert m == exported["manifest"]

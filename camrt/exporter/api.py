@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,18 +16,20 @@ import onnx
 import torch
 from torch import nn
 
-from camrt import __version__
+from camrt import __version__, atomic
 from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, VerificationError
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
-from camrt.graph import export_passes, run_passes
+from camrt.graph import PatternNotFound, export_passes, run_passes
 from camrt.manifest import (
     CLASS_IDX,
     CLASS_IDX_USED,
+    DEFAULT_OPSET,
     INPUT,
     INPUT_GRADIENT,
     LOGITS,
+    OPSETS,
     Layer,
     Manifest,
     Preprocessing,
@@ -35,7 +37,37 @@ from camrt.manifest import (
     gradient_name,
 )
 
-DEFAULT_OPSET = 20
+# Why `OPSETS` is 18 to 26, the opsets this export route really writes: torch's dynamo exporter
+# translates ATen ops at opset 18 (its torchlib's) or above; asked for less, it exports at 18 and
+# runs the ONNX version converter, which fails on operators camrt's graphs hold (Pad, Reduce*
+# with an axes input), prints its traceback and keeps opset 18. ONNX Runtime 1.31 loads opsets up
+# to 26 (27 and 28 are written but refused at load); past the newest opset of the installed onnx
+# package, the converter fails the same way and the file stays at 18.
+MIN_OPSET, MAX_OPSET = OPSETS.start, OPSETS.stop - 1
+# A failed write whose errno says the path is the problem, not the data or the disk.
+_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
+
+
+def supported_opsets() -> range:
+    """The ONNX opsets `export` accepts: `OPSETS`, capped by the installed onnx package's newest."""
+    return range(MIN_OPSET, min(MAX_OPSET, onnx.defs.onnx_opset_version()) + 1)
+
+
+def _check_opset(opset: object) -> int:
+    ok = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or int(opset) not in ok:
+        raise InputError(
+            f"opset {opset!r} is not supported: camrt writes opsets {ok.start} to {ok.stop - 1} (default "
+            f"{DEFAULT_OPSET}); torch's ONNX exporter translates from opset {MIN_OPSET} up and cannot convert "
+            f"camrt's graphs to older ones, and ONNX Runtime loads up to {MAX_OPSET}"
+        )
+    return int(opset)
+
+
+def file_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset a model imports, i.e. the opset the file really has."""
+    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    return max(versions) if versions else 0
 
 
 def _weights_hash(model: nn.Module) -> str:
@@ -90,18 +122,24 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
     return program.model_proto
 
 
-def _check_with_ort(path: Path, model: nn.Module, manifest: Manifest, output_index: int | None) -> None:
-    """Run the written file on a fresh input (another batch size and seed than the export
-    example, one explicit class and the rest top-1) and compare with eager autograd."""
+def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_index: int | None) -> None:
+    """Run the serialized model, the very bytes that will be written, on a fresh input (another
+    batch size and seed than the export example, one explicit class and the rest top-1) and
+    compare with eager autograd."""
     from camrt.engine.session import open_session  # the engine owns onnxruntime
 
     n = 2 if manifest.input_shape[0] != 2 else 3
     x = _example((n, *manifest.input_shape[1:]), seed=1234)
     cls = np.full(n, -1, dtype=np.int64)
     cls[-1] = (n * 7919) % manifest.num_classes
-    sess = open_session(path, device="cpu")
-    names = [o.name for o in sess.get_outputs()]
-    got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls}), strict=True))
+    try:
+        sess = open_session(data, device="cpu")
+        names = [o.name for o in sess.get_outputs()]
+        got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls}), strict=True))
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ExportError(f"ONNX Runtime cannot run the exported graph for its self-check (opset {manifest.opset}): "
+                          f"{first}") from e
     layers = [la.name for la in manifest.layers]
     ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), layers, output_index,
                                           manifest.input_gradient)
@@ -132,8 +170,10 @@ def export(
     target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
     with `input_gradient`, also `gradient.input` = ∂ logits[n, class_idx[n]] / ∂ input[n].
 
-    The file is verified against eager PyTorch on a fresh input before it appears at `path`;
-    on any failure nothing is written. The caller's model is left as it was (mode, gradients).
+    The file is verified against eager PyTorch on a fresh input before it appears at `path`,
+    then written atomically (`camrt.atomic`): on any failure, a full disk included, nothing is
+    written and a file already at `path` is left as it was. The caller's model is left as it was
+    (mode, gradients).
 
     Args:
         model: an nn.Module, or a model file (see `camrt.exporter.load.FORMATS`).
@@ -145,7 +185,8 @@ def export(
         input_shape: the example's shape when no `example_input` is given (default 1,3,224,224).
         arch, trust_pickle: how to load a model file (state dict + architecture; pickles).
         output_index: which output holds the class scores when the model returns several.
-        opset: ONNX opset (the dynamo exporter's default is 18; camrt uses 20).
+        opset: ONNX opset, one of `supported_opsets()` (18 to 26; default 20). The manifest
+            records the opset the file really has.
         mean, std: preprocessing stored in the manifest (per channel, on [0, 1] pixels).
         labels: class names stored in the manifest, one per class.
         input_gradient: add the output `gradient.input` (N×C×H×W, for the same class as the layer
@@ -159,6 +200,7 @@ def export(
         CamrtError subclasses (ModelLoadError, LayerError, InputError, ExportError,
         UnsupportedOpError, VerificationError) with a message that says what to do.
     """
+    opset = _check_opset(opset)  # before any work: torch would silently write another opset
     layers = list(layers)
     if input_gradient and INPUT_GRADIENT in map(gradient_name, layers):
         raise LayerError(f"a target layer named '{INPUT}' would give its gradient the name '{INPUT_GRADIENT}', "
@@ -186,21 +228,30 @@ def export(
         example = example_input.detach().to(torch.float32)
     else:
         example = _example(input_shape if input_shape is not None else (1, 3, 224, 224), seed=0)
+    records = survey(model, example)  # also checks that the model takes this input shape
+    check_layers(records, layers)
     channels = example.shape[1]
     if len(mean) != channels or len(std) != channels or any(s == 0 for s in std):
         raise InputError(f"--mean and --std need {channels} values each (one per input channel), std non-zero")
-
-    records = survey(model, example)
-    check_layers(records, layers)
     with frozen_eval(model), torch.no_grad():
         logits = select_output(model(example), output_index)
     if logits.dim() != 2:
         raise InputError(f"the model's class scores have shape {tuple(logits.shape)}; expected N×K "
                          "(use --output-index if it returns several outputs)")
     num_classes = int(logits.shape[1])
-    if labels is not None and len(labels) != num_classes:
-        raise InputError(f"{len(labels)} labels given for {num_classes} classes")
+    if labels is not None:
+        if isinstance(labels, str) or not all(isinstance(la, str) for la in labels):
+            raise InputError("labels must be a sequence of class names (strings), one per class")
+        if len(labels) != num_classes:
+            raise InputError(f"{len(labels)} labels given for {num_classes} classes (the model's output has "
+                             f"{num_classes} scores); give one name per class, in class order")
 
+    gm = trace(model, example, layers, output_index, input_gradient)
+    graph = _to_onnx(gm, example, layers, opset, input_gradient)
+    written = file_opset(graph)
+    if written != opset:  # torch falls back to its own opset without failing
+        raise ExportError(f"torch's ONNX exporter wrote opset {written} instead of the requested {opset}; "
+                          f"nothing was written (camrt writes opsets {MIN_OPSET} to {MAX_OPSET})")
     manifest = Manifest(
         input_shape=tuple(example.shape),
         num_classes=num_classes,
@@ -210,26 +261,33 @@ def export(
         camrt_version=__version__,
         weights_sha256=_weights_hash(model),
         source=source,
-        opset=opset,
+        opset=written,  # the opset the file has, read from the graph
         input_gradient=bool(input_gradient),
     )
-    gm = trace(model, example, layers, output_index, manifest.input_gradient)
-    proto = run_passes(_to_onnx(gm, example, layers, opset, manifest.input_gradient),
-                       export_passes(num_classes, manifest.to_json()))
-
-    try:  # os.access above is only a hint (root, read-only mounts, quotas)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=out_dir)
-    except OSError as e:
-        raise InputError(f"cannot write '{path}': {e.strerror or e}") from e
-    os.close(fd)
     try:
-        try:
-            onnx.save(proto, tmp)
-        except ValueError as e:  # protobuf refuses models over 2 GB
-            raise ExportError(f"writing the ONNX file failed: {e}") from e
-        _check_with_ort(Path(tmp), model, manifest, output_index)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        proto = run_passes(graph, export_passes(num_classes, manifest.to_json()))
+    except PatternNotFound as e:
+        raise ExportError(f"{e}. torch {torch.__version__} traced the model in a form camrt's graph passes do not "
+                          "recognise, so nothing was written; please report it with the output of "
+                          "`camrt --traceback export ...`") from e
+
+    data = _serialize(proto, path)
+    _check_with_ort(data, model, manifest, output_index)
+    try:
+        atomic.write_bytes(path, data)
+    except OSError as e:  # os.access above is only a hint (root, read-only mounts); disks fill up
+        kind = InputError if e.errno in _PATH_ERRNOS else ExportError
+        raise kind(f"cannot write '{path}': {e.strerror or e}") from e
     return manifest
+
+
+def _serialize(proto: onnx.ModelProto, path: Path) -> bytes:
+    """The model as bytes; protobuf cannot hold a message over 2 GB (camrt writes one file)."""
+    size = proto.ByteSize()
+    if size > onnx.checker.MAXIMUM_PROTOBUF:
+        raise ExportError(f"cannot write '{path}': the model is {size / 2**30:.2f} GB, over protobuf's 2 GB limit "
+                          "for one ONNX file")
+    try:
+        return proto.SerializeToString()
+    except ValueError as e:
+        raise ExportError(f"cannot write '{path}': {e}") from e

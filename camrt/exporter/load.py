@@ -73,6 +73,28 @@ def build_arch(spec: str) -> nn.Module:
     return model
 
 
+def _training_ops(program: torch.export.ExportedProgram) -> list[str]:
+    """Where the program computes as in training mode: every op with a `training`/`train` flag set
+    (batch norm on batch statistics, active dropout), named by the module that ran it."""
+    found: list[str] = []
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None:
+            continue
+        for i, arg in enumerate(schema.arguments):
+            if arg.name not in ("training", "train"):
+                continue
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            if value is True:
+                stack = node.meta.get("nn_module_stack") or {}
+                module = next(reversed(stack.values()))[0] if stack else ""
+                op = schema.name.split("::")[-1]
+                where = f"'{module}' ({op})" if module else op
+                if where not in found:
+                    found.append(where)
+    return found
+
+
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
@@ -120,6 +142,14 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust_pickle: b
                     "batch. Re-export with an example batch of 2 or more and "
                     "dynamic_shapes=({0: torch.export.Dim('batch')},)"
                 )
+        training = _training_ops(program)
+        if training:
+            more = f" and {len(training) - 3} more" if len(training) > 3 else ""
+            raise ModelLoadError(
+                f"'{path}' was exported from a model in training mode: {', '.join(training[:3])}{more} compute as in "
+                "training (BatchNorm on the batch's statistics, Dropout at random), and a program keeps that. Call "
+                "model.eval() before torch.export.export and save the program again"
+            )
         # unflatten restores the module hierarchy, so target layers can be named as in the source.
         return torch.export.unflatten(program)
     if _is_torchscript(path):

@@ -72,10 +72,47 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
         model.train(training)
 
 
+def _program_input_shape(model: nn.Module) -> tuple[int | None, ...] | None:
+    """The input shape a module unflattened from a torch.export program was exported for (None in
+    each dynamic dimension), or None for an ordinary module."""
+    placeholders = getattr(model, "input_placeholders", None)
+    if not placeholders:
+        return None
+    val = placeholders[0].meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return None
+    return tuple(d if isinstance(d, int) else None for d in val.shape)
+
+
+def _check_program_shape(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """A torch.export program fixes every dimension it was not told is dynamic (camrt needs the
+    batch dynamic; C, H and W usually are not): say which one differs instead of torch's guard error."""
+    expected = _program_input_shape(model)
+    if expected is None or len(expected) != len(shape):
+        return
+    wanted = "×".join("N" if i == 0 else str(d) if d is not None else "?" for i, d in enumerate(expected))
+    fix = ",".join(["N", *(str(shape[i] if d is None else d) for i, d in enumerate(expected) if i > 0)])
+    if expected[1] is not None and expected[1] != shape[1]:
+        raise InputError(f"input shape {shape} has {shape[1]} channels but the model takes {expected[1]} (the program "
+                         f"was exported for {wanted}); pass --input-shape {fix}")
+    for i, name in ((2, "height"), (3, "width")):
+        if expected[i] is not None and expected[i] != shape[i]:
+            raise InputError(f"input shape {shape} has {name} {shape[i]} but the program was exported for {wanted} "
+                             f"(torch.export fixed its {name}); pass --input-shape {fix}")
+
+
 def survey(model: nn.Module, example: torch.Tensor) -> dict[str, LayerRecord]:
-    """Run the model once eagerly and record, for every named module, its call count and output shape."""
+    """Run the model once eagerly and record, for every named module, its call count and output shape.
+
+    Raises:
+        InputError: the model does not take an input of the example's shape; a channel count
+            that differs from the model's first convolution (or the program's input) is named.
+    """
+    shape = tuple(example.shape)
+    _check_program_shape(model, shape)
     calls: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...] | None] = {}
+    first_conv: list[tuple[str, int, int]] = []  # (name, in_channels, channels it was given)
     handles = []
 
     def make_hook(name: str):
@@ -85,14 +122,29 @@ def survey(model: nn.Module, example: torch.Tensor) -> dict[str, LayerRecord]:
 
         return hook
 
+    def pre_hook(name: str):
+        def hook(mod: nn.Module, inp: tuple) -> None:
+            if not first_conv and inp and isinstance(inp[0], torch.Tensor) and inp[0].dim() > 1:
+                first_conv.append((name, int(mod.in_channels), int(inp[0].shape[1])))
+
+        return hook
+
     modules = {n: m for n, m in model.named_modules() if n}
     for name, mod in modules.items():
         handles.append(mod.register_forward_hook(make_hook(name)))
+        if isinstance(getattr(mod, "in_channels", None), int) and mod.in_channels > 0:  # convolutions
+            handles.append(mod.register_forward_pre_hook(pre_hook(name)))
     try:
         with frozen_eval(model), torch.no_grad():
             model(example)
     except Exception as e:  # noqa: BLE001 - any failure here means the shape is wrong for this model
-        raise InputError(f"the model rejects an input of shape {tuple(example.shape)}: {e}. "
+        if first_conv and first_conv[0][2] == shape[1] != first_conv[0][1]:
+            name, wanted, _ = first_conv[0]
+            raise InputError(f"input shape {shape} has {shape[1]} channels but the model takes {wanted} (its first "
+                             f"convolution '{name}' has in_channels={wanted}); pass --input-shape N,{wanted},H,W"
+                             ) from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise InputError(f"the model rejects an input of shape {shape}: {first}. "
                          "Pass the shape it expects with --input-shape N,C,H,W") from e
     finally:
         for h in handles:
