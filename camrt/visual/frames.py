@@ -25,6 +25,8 @@ from camrt.methods import check_options, get_method
 from camrt.visual.overlay import three_channels
 
 logger = logging.getLogger("camrt")
+# A batch on its way to the model: its frames, their model inputs N×3×H×W, the seconds spent making those.
+Batch = tuple[list[np.ndarray], np.ndarray, float]
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class FramePlan:
         """`explain` for (frame, its model input C×H×W) pairs; frames are taken as they are."""
         return self._results(self._prepared_batches(iter(pairs)))
 
-    def _batches(self, frames: Iterator[np.ndarray], bgr: bool) -> Iterator[tuple[list, np.ndarray, float]]:
+    def _batches(self, frames: Iterator[np.ndarray], bgr: bool) -> Iterator[Batch]:
         index = 0
         while chunk := list(itertools.islice(frames, self.batch)):
             t = time.perf_counter()
@@ -151,16 +153,15 @@ class FramePlan:
             yield chunk, self.model_input(chunk, bgr), time.perf_counter() - t
             index += len(chunk)
 
-    def _prepared_batches(self, pairs: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[list, np.ndarray,
-                                                                                                 float]]:
+    def _prepared_batches(self, pairs: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Batch]:
         while chunk := list(itertools.islice(pairs, self.batch)):
             t = time.perf_counter()
             x = np.stack([row for _, row in chunk])
             yield [f for f, _ in chunk], x, time.perf_counter() - t
 
-    def _results(self, batches: Iterator[tuple[list, np.ndarray, float]]) -> Iterator[FrameResult]:
-        """One graph run per batch (frames, model inputs, seconds spent preparing them), the maps
-        smoothed over time: ``s_t = a · s_{t-1} + (1 - a) · m_t``, restarted when the frame size changes."""
+    def _results(self, batches: Iterator[Batch]) -> Iterator[FrameResult]:
+        """One graph run per batch, the maps smoothed over time (``s_t = a · s_{t-1} + (1 - a) · m_t``,
+        restarted when the frame size changes)."""
         labels = self.engine.manifest.labels
         state: np.ndarray | None = None
         state_shape: tuple[int, ...] | None = None
