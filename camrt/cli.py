@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from camrt.errors import CamrtError
+from camrt.manifest import DEFAULT_OPSET, OPSETS
 
 if TYPE_CHECKING:  # camrt.video imports cv2, which only `camrt video` may load
     from camrt.video import VideoSummary
@@ -39,13 +40,33 @@ def _float_list(text: str | None, name: str) -> tuple[float, ...] | None:
 
 
 def _read_labels(path: str | None) -> list[str] | None:
+    """Class names from a UTF-8 text file, one per line, line i naming class i-1.
+
+    A byte-order mark is dropped and each name stripped of surrounding spaces; blank lines at the
+    end are ignored. A blank line before the last name is an error naming it: it would shift every
+    name after it onto the wrong class.
+    """
     if path is None:
         return None
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise click.BadParameter(f"cannot read '{path}': {e.strerror}", param_hint="--labels") from None
-    return [line.strip() for line in lines if line.strip()]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise click.BadParameter(f"'{path}' is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                                 "save it as UTF-8", param_hint="--labels") from None
+    names = [line.strip() for line in text.splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        raise click.BadParameter(f"'{path}' line {names.index('') + 1} is blank; give one class name per line, in "
+                                 "class order (a blank line would shift the names after it)", param_hint="--labels")
+    if not names:
+        raise click.BadParameter(f"'{path}' holds no class names", param_hint="--labels")
+    return names
 
 
 def parse_options(items: tuple[str, ...]) -> dict[str, object]:
@@ -148,7 +169,8 @@ def layers(model: str, arch: str | None, trust_pickle: bool, input_shape: str) -
 @click.option("--layer", "layer_names", multiple=True, required=True, help="Target layer (repeat for several).")
 @click.option("-o", "--output", type=click.Path(), help="Output file [default: MODEL stem + .cam.onnx].")
 @model_options
-@click.option("--opset", type=int, default=20, show_default=True)
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1}.")
 @click.option("--output-index", type=int, help="Which model output holds the class scores.")
 @click.option("--mean", help="Per-channel mean on [0,1] pixels, e.g. 0.485,0.456,0.406 (ImageNet default).")
 @click.option("--std", help="Per-channel std on [0,1] pixels, e.g. 0.229,0.224,0.225 (ImageNet default).")

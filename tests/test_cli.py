@@ -3,6 +3,7 @@ no traceback) for the mistakes users make."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,8 @@ def test_layers_follows_input_shape(weights) -> None:
 
 def test_export_happy_path(tmp_path, weights, model, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "labels.txt").write_text("zero\none\n\ntwo\nthree\nfour\n")
+    # A byte-order mark, Windows line ends, spaces around a name and blank lines at the end are fine.
+    (tmp_path / "labels.txt").write_bytes("\ufeffzero\r\none\r\n  two \r\nthree\r\nfour\r\n\r\n\n".encode())
     result = invoke("export", weights, *ARCH, "--layer", "layer1", "--layer", "layer2",
                     "--labels", "labels.txt", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
     assert result.exit_code == 0, (result.output, result.exception)
@@ -178,3 +180,81 @@ def test_export_input_gradient_flag(tmp_path, weights, model) -> None:
     logits = model.double()(x)
     expected, = torch.autograd.grad(logits[0, 1] + logits[1, 3], x)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("zéro\none\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 1); save it as UTF-8"),
+    (b"zero\none\n\ntwo\nthree\nfour\n", "line 3 is blank; give one class name per line"),
+    (b"zero\n \t\none\n", "line 2 is blank"),
+    (b"\n\n", "holds no class names"),
+    (b"zero\none\ntwo\nthree\n", "4 labels given for 5 classes"),
+    (b"\xef\xbb\xbfa\nb\nc\nd\ne\nf\n", "6 labels given for 5 classes"),
+], ids=["latin-1", "blank-line", "whitespace-line", "empty", "too-few", "too-many"])
+def test_bad_label_files(tmp_path, weights, content, fragment) -> None:
+    (tmp_path / "labels.txt").write_bytes(content)
+    result = invoke("export", weights, *ARCH, "--layer", "layer1", "--labels", tmp_path / "labels.txt",
+                    "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("opset", ["7", "11", "13", "17", "30"])
+def test_unsupported_opset(tmp_path, weights, opset) -> None:
+    result = invoke("export", weights, *ARCH, "--layer", "layer1", "--opset", opset, "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, f"opset {opset} is not supported: camrt writes opsets 18 to 26")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_opset_in_file_and_manifest(tmp_path, weights) -> None:
+    result = invoke("export", weights, *ARCH, "--layer", "layer1", "--opset", "19", "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(tmp_path / "m.onnx")
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [19]
+    assert Manifest.from_json({p.key: p.value for p in proto.metadata_props}[METADATA_KEY]).opset == 19
+
+
+@pytest.mark.parametrize("command", ["export", "layers"])
+def test_channel_count_other_than_the_model(tmp_path, weights, command) -> None:
+    """With the default (3-channel) --mean and --std, the message is about the channels, not them."""
+    extra = ["--layer", "layer1", "-o", tmp_path / "m.onnx"] if command == "export" else []
+    result = invoke(command, weights, "--arch", "tests.tiny:TinyNet", "--input-shape", "1,4,32,32", *extra)
+    assert_one_line_error(result, "has 4 channels but the model takes 3", "--input-shape N,3,H,W")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_pt2_in_training_mode(tmp_path, model) -> None:
+    x = torch.from_numpy(inputs((2, 3, 32, 32), seed=0))
+    program = torch.export.export(model.train(), (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "train.pt2")
+    result = invoke("export", tmp_path / "train.pt2", "--layer", "layer1", "--input-shape", "1,3,32,32",
+                    "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, "training mode: 'layer1.1' (batch_norm)", "model.eval()")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits")
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, weights) -> None:
+    """A file-size limit makes the kernel refuse the write with EFBIG, as a full disk does with
+    ENOSPC: the export must say so, exit non-zero and leave neither a truncated file nor a
+    temporary one (the weights are read, and nothing else is written)."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "m.onnx"
+    limit = 4096  # TinyNet's graph is several times larger
+
+    def limit_file_size() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "camrt.cli", "export", str(weights), *ARCH, "--layer", "layer1", "-o", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, preexec_fn=limit_file_size,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"camrt: error: cannot write '{out}': File too large"]
+    assert proc.stdout == ""
+    assert list(out_dir.iterdir()) == []

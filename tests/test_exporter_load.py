@@ -3,6 +3,7 @@ same weights, and every refused file gets a message that says what to do."""
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import sys
@@ -14,7 +15,7 @@ import torch
 
 import camrt
 from camrt.engine import open_session
-from camrt.errors import ModelLoadError
+from camrt.errors import InputError, ModelLoadError
 from camrt.exporter.load import build_arch, load_model
 from tests.tiny import SHAPE, TinyNet, assert_matches, eager_cam, inputs, make
 
@@ -74,6 +75,42 @@ def test_pt2_with_arch_is_refused(model, tmp_path) -> None:
     src = save_pt2(model, tmp_path / "tiny.pt2")
     with pytest.raises(ModelLoadError, match="drop --arch"):
         load_model(src, arch=ARCH)
+
+
+def test_pt2_saved_in_training_mode_is_refused(model, tmp_path) -> None:
+    """BatchNorm on batch statistics mixes the images of a batch; torch.export keeps the mode."""
+    src = save_pt2(copy.deepcopy(model).train(), tmp_path / "train.pt2")
+    with pytest.raises(ModelLoadError, match=r"exported from a model in training mode: 'layer1.1' \(batch_norm\).*"
+                                             r"Call model.eval\(\) before torch.export.export"):
+        load_model(src)
+    with pytest.raises(ModelLoadError, match="training mode"):
+        camrt.export(src, layers=["layer1"], path=tmp_path / "m.onnx", input_shape=SHAPE)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_pt2_with_active_dropout_is_refused(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Dropout(0.5), torch.nn.Linear(4, 3))
+    src = save_pt2(net.train(), tmp_path / "drop.pt2")
+    with pytest.raises(ModelLoadError, match=r"training mode: '3' \(dropout\)"):
+        load_model(src)
+    assert load_model(save_pt2(net.eval(), tmp_path / "eval.pt2")) is not None  # the same net in eval mode loads
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ((1, 4, 32, 32), r"has 4 channels but the model takes 3 \(the program was exported for N×3×32×32\); "
+                     r"pass --input-shape N,3,32,32"),
+    ((1, 3, 64, 32), r"has height 64 but the program was exported for N×3×32×32 \(torch.export fixed its height\)"),
+], ids=["channels", "height"])
+def test_pt2_input_shape_other_than_the_program(model, tmp_path, shape, message) -> None:
+    src = save_pt2(model, tmp_path / "tiny.pt2")
+    with pytest.raises(InputError, match=message):
+        camrt.export(src, layers=["layer1"], path=tmp_path / "m.onnx", input_shape=shape,
+                     mean=(0.5,) * shape[1], std=(0.5,) * shape[1])
+    with pytest.raises(InputError, match=message):
+        camrt.list_layers(src, shape)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_corrupt_pt2(tmp_path) -> None:
