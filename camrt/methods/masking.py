@@ -4,6 +4,11 @@ gradient branch) in streamed chunks: Score-CAM, SS-CAM, IS-CAM, Group-CAM and RI
 Masks exist only per chunk: Score-CAM on resnet50's layer4 has 2048 masked 3×224×224 inputs
 (1.2 GB) per image, and none of the methods here ever holds more than `chunk` of them.
 
+The module is longer than camrt's ~350-line aim because its five methods share the mask
+helpers (`_channel_masks`, `_constant_channels`, `_spread`, `_softmax_weighted`) and most of
+its lines are the methods' docstrings (formulas, references, differences from TorchCAM); a split
+would move those helpers into a third module for no reader's gain.
+
 Each method has an options class and an ``<method>_explore(ctx, options)`` coroutine that the
 engine drives (the contract is in `camrt.methods.contract`): it yields a batch of masked inputs,
 is sent their class scores (logits or probabilities, as `Method.score` says), and returns the
