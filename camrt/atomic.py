@@ -11,6 +11,10 @@ The temporary file is created with mode 0o666 like `open(path, "w")` would, so t
 the user's umask (and any default ACL) exactly as for a file written by any other tool;
 `tempfile.mkstemp` would give 0o600.
 
+Writers that open the file by name themselves (OpenCV's VideoWriter, which also picks the
+container from the suffix) use the same two halves: `create_temp` makes the temporary file, with
+the suffix they need, and `publish` moves it onto the target once the caller has checked it.
+
 Pure Python, standard library only: any camrt module may use it.
 """
 
@@ -24,16 +28,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "write_bytes", "write_text"]
+__all__ = ["atomic_write", "create_temp", "publish", "write_bytes", "write_text"]
 
 _MODES = ("wb", "w")
 
 
-def _open_temp(target: Path) -> tuple[int, Path]:
-    """Create a new, empty temporary file beside `target`: (descriptor, path)."""
+def _open_temp(target: Path, suffix: str = "") -> tuple[int, Path]:
+    """Create a new, empty temporary file beside `target`, named `.NAME.XXXXXXXX.partial` +
+    `suffix`: (descriptor, path)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial{suffix}")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -99,6 +104,41 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str = "utf
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def create_temp(path: str | os.PathLike, suffix: str = "") -> Path:
+    """Create a new, empty file beside `path` for a writer that opens files by name, and return
+    its path: `.NAME.XXXXXXXX.partial` + `suffix` (give the target's suffix where the writer picks
+    the format from it). Created with mode 0o666, so it gets the user's umask as any new file
+    does; a writer that truncates it keeps that mode. Hand it to `publish` when it is complete,
+    or remove it.
+
+    Raises:
+        OSError: the file could not be created (the directory is missing or not writable).
+    """
+    fd, tmp = _open_temp(Path(path), suffix)
+    os.close(fd)
+    return tmp
+
+
+def publish(temp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the complete file `temp` (from `create_temp`) onto `path`: fsync it, so that an error
+    the file system deferred (a full disk, a quota) is raised here, rename it (`os.replace`,
+    atomic) and make the rename durable. On failure `temp` is removed, `path` is left as it was,
+    and the OSError propagates.
+    """
+    temp, target = Path(temp), Path(path)
+    try:
+        fd = os.open(temp, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows syncs writable files only
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
         raise
     _fsync_directory(target.parent)
 

@@ -117,3 +117,55 @@ def test_new_file_has_the_umask_permissions(tmp_path, umask) -> None:
 def test_only_write_modes() -> None:
     with pytest.raises(ValueError, match="mode must be one of wb, w"), atomic_write("x", "ab"):
         pass
+
+
+# --- create_temp and publish: for writers that open the file by name (OpenCV's VideoWriter) ---
+
+
+def test_create_temp_is_a_new_hidden_file_beside_the_target_with_its_suffix(tmp_path) -> None:
+    a = atomic.create_temp(tmp_path / "clip.mp4", ".mp4")
+    b = atomic.create_temp(tmp_path / "clip.mp4", ".mp4")
+    assert a != b and a.parent == b.parent == tmp_path
+    for p in (a, b):
+        assert p.name.startswith(".clip.mp4.") and p.name.endswith(".partial.mp4") and p.suffix == ".mp4"
+        assert p.read_bytes() == b""
+    assert atomic.create_temp(tmp_path / "m.onnx").name.endswith(".partial")
+    with pytest.raises(FileNotFoundError):
+        atomic.create_temp(tmp_path / "missing" / "clip.mp4", ".mp4")
+
+
+@posix_only
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_create_temp_has_the_umask_permissions_and_publish_keeps_them(tmp_path, umask) -> None:
+    old = os.umask(umask)
+    try:
+        tmp = atomic.create_temp(tmp_path / "v.avi", ".avi")
+        with open(tmp, "wb") as f:  # a writer opening it by name truncates it; the mode stays
+            f.write(b"frames")
+        atomic.publish(tmp, tmp_path / "v.avi")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "v.avi").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["v.avi"] and (tmp_path / "v.avi").read_bytes() == b"frames"
+
+
+def test_publish_replaces_the_target(tmp_path) -> None:
+    (tmp_path / "v.mp4").write_bytes(b"old")
+    tmp = atomic.create_temp(tmp_path / "v.mp4", ".mp4")
+    tmp.write_bytes(b"new")
+    atomic.publish(tmp, tmp_path / "v.mp4")
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"] and (tmp_path / "v.mp4").read_bytes() == b"new"
+
+
+def test_failed_publish_removes_the_temporary_file_and_keeps_the_target(tmp_path, monkeypatch) -> None:
+    (tmp_path / "v.mp4").write_bytes(b"old")
+    tmp = atomic.create_temp(tmp_path / "v.mp4", ".mp4")
+    tmp.write_bytes(b"new")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        atomic.publish(tmp, tmp_path / "v.mp4")
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"] and (tmp_path / "v.mp4").read_bytes() == b"old"
