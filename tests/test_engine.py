@@ -424,15 +424,18 @@ def test_list_of_images_of_different_sizes(engine, images) -> None:
 def test_image_conversions(engine, images) -> None:
     rgb = images[0]
     gray = rgb[:, :, 1]
-    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])  # alpha is dropped, not composited
+    # RGBA is composited over white, as `camrt explain` reads an RGBA file: rgb·a + 255·(1 − a)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+    over_white = rgb.astype(np.float64) * (7 / 255) + 255.0 * (1 - 7 / 255)
     wide = rgb.astype(np.uint16) * 257  # 16-bit with the same values on [0, 1]
     got = engine.prepare([gray, gray[:, :, None], rgba, wide])
     np.testing.assert_allclose(got[0], torch_preprocess(np.repeat(gray[:, :, None], 3, axis=2)), atol=1e-5)
     np.testing.assert_array_equal(got[1], got[0])
-    np.testing.assert_array_equal(got[2], engine.prepare([rgb])[0])
+    np.testing.assert_allclose(got[2], torch_preprocess(over_white), atol=1e-4)
     np.testing.assert_allclose(got[3], engine.prepare([rgb])[0], atol=1e-5)
     r = engine.explain([rgb, gray, rgba, wide], "gradcam", layer="layer1")
-    np.testing.assert_array_equal(r.saliency[2], r.saliency[0])
+    np.testing.assert_array_equal(r.saliency[2], engine.explain(got[2:3], "gradcam", layer="layer1").saliency[0])
+    assert np.abs(r.saliency[2] - r.saliency[0]).max() > 1e-3  # the composite is another image
     np.testing.assert_allclose(r.saliency[3], r.saliency[0], atol=1e-3)
     assert np.abs(r.saliency[1] - r.saliency[0]).max() > 1e-3  # gray is another image
 
