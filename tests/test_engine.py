@@ -391,6 +391,50 @@ def test_cuda_falls_back_to_cpu_with_a_warning(model_path, x, engine, monkeypatc
     assert not [r for r in caplog.records if r.name == "camrt"]  # auto falls back silently
 
 
+@pytest.mark.parametrize("class_idx", [2**64 - 1, np.uint64(2**64 - 1), np.array([0, 1, 2, 3, 2**64 - 1], np.uint64)])
+def test_class_idx_too_large_for_int64_is_refused(engine, x, class_idx) -> None:
+    """Regression (found by tests/test_fuzz_engine.py): 2**64 - 1 became -1 in the int64 cast, the top-1 class."""
+    with pytest.raises(InputError, match="class_idx 18446744073709551615 is out of range"):
+        engine.explain(x, class_idx=class_idx)
+
+
+def test_ragged_class_idx_is_an_input_error(engine, x) -> None:
+    """Regression: numpy's ValueError for a ragged list escaped as is."""
+    with pytest.raises(InputError, match="class_idx must be an integer class"):
+        engine.explain(x, class_idx=[[1], [2, 3]])
+
+
+@pytest.mark.parametrize("layer", [5, b"layer1", ["layer1", None], {"layer1": 1}])
+def test_layer_of_another_type_is_an_input_error(engine, x, layer) -> None:
+    """Regression: layer=5 raised TypeError ('int' object is not iterable); bytes were read as integers."""
+    with pytest.raises(InputError, match="layer must be a layer name or a list of names"):
+        engine.explain(x, layer=layer)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "1", None, True])
+def test_seed_must_be_a_non_negative_integer(engine, x, seed) -> None:
+    """Regression: a negative seed raised numpy's ValueError (a float or a string, TypeError) after the
+    model had run; None gave a different map each call."""
+    with pytest.raises(InputError, match="seed must be a non-negative integer"):
+        engine.explain(x, "smoothgradcam++", seed=seed, n=2)
+    with pytest.raises(InputError, match="seed must be a non-negative integer"):
+        engine.explain_pass(engine.forward(x), "gradcam", seed=seed)
+
+
+def test_finite_input_that_overflows_the_model_is_an_error_not_a_nan_map(engine, x) -> None:
+    """Regression: a finite batch near float32's largest value gave NaN logits and an all-NaN saliency."""
+    huge = np.full((2, 3, *SIZE), np.finfo(np.float32).max, np.float32)
+    huge[:, :, ::2] *= -1
+    with pytest.raises(InputError, match=r"NaN or infinite values for images 0, 1: its float32 arithmetic overflowed"):
+        engine.explain(np.concatenate([huge, x[:1]]), "gradcam")
+
+
+def test_option_values_that_overflow_are_an_error_not_a_nan_map(engine, x) -> None:
+    """Regression: SS-CAM's infinite input noise made every copy's score NaN, and the map NaN."""
+    with pytest.raises(InputError, match="method 'sscam' gave NaN or infinite values .* float32 overflowed"):
+        engine.explain(x[:1], "sscam", layer="layer2", n=1, sigma=float("inf"), noise="input")
+
+
 # --- image inputs -----------------------------------------------------------------------------------------
 
 

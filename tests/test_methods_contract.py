@@ -73,3 +73,10 @@ def test_context_checks_what_the_engine_hands_over() -> None:
         Context(a, np.zeros((1, 3, 8, 8), np.float32))
     with pytest.raises(InputError, match="must have the activation's shape"):
         Context(a, gradient=a[:2])
+
+
+@pytest.mark.parametrize("name", [["gradcam"], {"gradcam": 1}, None, 3])
+def test_get_method_refuses_names_that_are_not_strings(name) -> None:
+    """Regression (found by tests/test_fuzz_engine.py): a list or a dict raised TypeError (unhashable)."""
+    with pytest.raises(InputError, match="unknown method"):
+        get_method(name)

@@ -118,16 +118,20 @@ class Engine:
         k = self.manifest.num_classes
         if class_idx is None:
             return np.full(n, -1, np.int64)
-        given = np.asarray(class_idx)
+        try:
+            given = np.asarray(class_idx)
+        except ValueError:  # a ragged list, such as [[1], [2, 3]]
+            given = np.asarray(None)
         if not np.issubdtype(given.dtype, np.integer) or given.size == 0:
             raise InputError(f"class_idx must be an integer class (or one per image), got {class_idx!r}; "
                              "None or -1 means the top-1 class")
-        c = given.astype(np.int64).reshape(-1)
+        flat = given.reshape(-1)
+        bad = flat[(flat < -1) | (flat >= k)]  # before the int64 cast, which wraps 2**64 - 1 to -1
+        c = flat.astype(np.int64)
         if c.size == 1:
             c = np.full(n, int(c[0]), np.int64)
         if c.size != n:
             raise InputError(f"class_idx has {c.size} entries for {n} images; give one, or one per image")
-        bad = c[(c < -1) | (c >= k)]
         if bad.size:
             raise InputError(f"class_idx {int(bad[0])} is out of range: the model has {k} classes (0..{k - 1}); "
                              "-1 means the top-1 class")
@@ -152,6 +156,11 @@ class Engine:
             activations = [la.activation for la in self.manifest.layers]
             out = run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size, [LOGITS, *activations])
             out[CLASS_IDX_USED] = np.where(cls == -1, out[LOGITS].argmax(axis=1), cls)
+        bad = _nonfinite_images(*(v for v in out.values() if v.dtype.kind == "f"))
+        if bad:  # a finite input can still overflow float32 inside the model (values near 3.4e38)
+            raise InputError(f"the model's outputs hold NaN or infinite values for {_images(bad)}: its float32 "
+                             f"arithmetic overflowed (the input's largest magnitude is {float(np.abs(x).max()):.3g}); "
+                             "check the preprocessing that produced the input")
         return Pass(x, out, time.perf_counter() - t0)
 
     def explain(
@@ -180,6 +189,7 @@ class Engine:
         """
         spec = get_method(method)  # fail before running the model
         self.resolve_layers(layer)
+        _check_seed(seed)
         opts = self.configure(spec, options)
         return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
                                  progress, options=opts)
@@ -191,6 +201,7 @@ class Engine:
         Options go by name (`given`) or as the method's checked options object (`options`)."""
         spec = get_method(method)
         layers = self.resolve_layers(layer)
+        _check_seed(seed)
         if options is not None and given:
             raise InputError("give method options either by name or as an options object, not both")
         opts = self.configure(spec, options if options is not None else given)
@@ -212,6 +223,10 @@ class Engine:
                 maps.append(spec.map(a, g))
             else:
                 maps.append(spec.map(a, g, *samples[la]))
+        bad = _nonfinite_images(*maps)
+        if bad:  # the method's copies or its own arithmetic overflowed float32
+            raise InputError(f"method '{spec.name}' gave NaN or infinite values for {_images(bad)} with options "
+                             f"{opts.as_dict()}: float32 overflowed; use smaller option values (or a smaller input)")
         size = self.input_size
         if len(maps) == 1:
             up = upsample(maps[0], size)
@@ -227,6 +242,10 @@ class Engine:
     def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
         """The target layers `layer` names (None: the last exported one), checked against the model."""
         names = [la.name for la in self.manifest.layers]
+        if layer is not None and not isinstance(layer, str) and not (
+                isinstance(layer, (list, tuple)) and all(isinstance(la, str) for la in layer)):
+            raise InputError(f"layer must be a layer name or a list of names, got {layer!r}; this model has: "
+                             f"{', '.join(names)}")
         wanted = [names[-1]] if layer is None else [layer] if isinstance(layer, str) else list(layer)
         for la in wanted:
             if la not in names:
@@ -261,3 +280,27 @@ class Engine:
             a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
             result[la] = (a.reshape(n, s, *a.shape[1:]), g.reshape(n, s, *g.shape[1:]))
         return result, elapsed
+
+
+def _check_seed(seed: object) -> None:
+    """A seed is a non-negative integer, as numpy's generators take it; None (fresh entropy) is
+    refused, since the same seed must give the same map."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _nonfinite_images(*arrays: np.ndarray) -> list[int]:
+    """The images (indices along the first axis, shared by `arrays`) where any array holds NaN or an
+    infinity. A float64 sum of float32 values cannot overflow, so one sum per array clears the
+    common case without a full-size temporary."""
+    bad = np.zeros(len(arrays[0]) if arrays else 0, bool)
+    with np.errstate(invalid="ignore"):  # inf + -inf in the sum is NaN, which is what we look for
+        for a in arrays:
+            if not np.isfinite(a.sum(dtype=np.float64)):
+                bad |= ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    return np.flatnonzero(bad).tolist()
+
+
+def _images(indices: list[int]) -> str:
+    shown = ", ".join(map(str, indices[:5])) + (", ..." if len(indices) > 5 else "")
+    return f"image{'s' if len(indices) > 1 else ''} {shown}"

@@ -59,7 +59,7 @@ METHODS: dict[str, Method] = _table(gradient.METHODS, eigen.METHODS, sampled.MET
 
 def get_method(name: str) -> Method:
     """`METHODS[name]`, or an InputError that lists the methods."""
-    spec = METHODS.get(name)
+    spec = METHODS.get(name) if isinstance(name, str) else None  # a list or a dict is not a key either
     if spec is None:
         raise InputError(f"unknown method '{name}'; `camrt methods` lists them: {', '.join(METHODS)}")
     return spec
