@@ -214,14 +214,16 @@ def methods() -> None:
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-m", "--method", default="gradcam", show_default=True,
-              help="A method, several separated by commas, or 'all' (see `camrt methods`).")
+              help="Methods, separated by commas; 'all' is every method served from one graph run "
+                   "(see `camrt methods`).")
 @click.option("-o", "--out", "out_dir", default="out", show_default=True, type=click.Path(), help="Output directory.")
 @click.option("--class-idx", type=int, help="Class to explain (default: the top-1 class of each image).")
 @click.option("--layer", "layer_names", multiple=True, help="Target layer; repeat to fuse several (default: last).")
 @click.option("--colormap", default="jet", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Heat-map weight in the overlay.")
 @click.option("--save-npy", is_flag=True, help="Also save each saliency map as .npy.")
-@click.option("--topk", type=int, default=5, show_default=True)
+@click.option("--topk", type=int, default=5, show_default=True,
+              help="Predictions to print per image (all classes if the model has fewer).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods.")
 @click.option("-O", "--option", "option_items", multiple=True, metavar="NAME=VALUE",
@@ -241,18 +243,17 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
     layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
     click.echo(f"{Path(model).name}: provider {engine.provider}")
     failed = 0
-    # A method that does not apply (CAM on a head that is not pooling → linear) is an error when
-    # asked for by name; with 'all' it is reported and skipped.
-    strict_methods = method.strip() != "all"
 
     def progress(path: Path, name: str, done: int, total: int) -> None:
         click.echo(f"\r  {path.name} {name}: {done}/{total} network runs", nl=done == total, err=True)
 
-    # A progress line only on a terminal; in logs it would be one line per chunk.
+    # A progress line only on a terminal; in logs it would be one line per chunk. Whatever fails for
+    # one image (unreadable, a method that does not apply, a file not written) is reported and the
+    # others go on; the exit code then says so.
     for r in explain_files(engine, images, out_dir, method, class_idx, layer, colormap, alpha, save_npy, topk, seed,
                            progress if sys.stderr.isatty() else None, options):
+        failed += r.failed
         if r.error:
-            failed += 1
             click.echo(f"camrt: error: {r.error}", err=True)
             continue
         top = ", ".join(f"{label} {p:.1%}" for _, label, p in r.top)
@@ -262,7 +263,8 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
         click.echo(f"  {len(r.written)} files in {out_dir}; {times}")
         for name, err in r.method_errors.items():
             click.echo(f"camrt: error: {r.path}: {name}: {err}", err=True)
-            failed += strict_methods
+        for err in r.write_errors:
+            click.echo(f"camrt: error: {err}", err=True)
     if failed:
         sys.exit(EXIT_USER_ERROR)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from camrt import checks
+from camrt.atomic import atomic_write
 from camrt.engine import Engine
 from camrt.errors import CamrtError, InputError
 from camrt.methods import METHODS
@@ -22,42 +24,151 @@ def served_methods() -> list[str]:
     return [name for name, m in METHODS.items() if m.family in ("gradient", "sampled")]
 
 
-def resolve_methods(methods: str | Sequence[str]) -> list[str]:
-    """'all', a comma-separated string or a list of names, checked against `METHODS`."""
+def _method_names(methods: str | Sequence[str]) -> list[str]:
     names = methods.split(",") if isinstance(methods, str) else list(methods)
-    names = [n.strip() for n in names if n.strip()]
-    if names == ["all"]:
-        return served_methods()
-    unknown = [n for n in names if n not in METHODS]
+    return [n.strip() for n in names if n.strip()]
+
+
+def resolve_methods(methods: str | Sequence[str]) -> list[str]:
+    """A comma-separated string or a list of names, checked against `METHODS`; 'all' stands for
+    `served_methods()` at its place (so 'all,scorecam' is those, then Score-CAM). Each method
+    runs once, at its first place."""
+    names = _method_names(methods)
+    unknown = [n for n in names if n not in METHODS and n != "all"]
     if unknown or not names:
         raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(served_methods())} or 'all' (`camrt methods` describes them)")
-    return names
+                         f"{', '.join(METHODS)} or 'all' (`camrt methods` describes them)")
+    expanded = [m for n in names for m in (served_methods() if n == "all" else [n])]
+    return list(dict.fromkeys(expanded))
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; directories replaced by the image files inside them (sorted)."""
+    """Files as given; folders replaced by the image files directly inside them (suffix in
+    `IMAGE_SUFFIXES`, any case; sorted). A file met twice (given twice, or given and inside a folder
+    given) is kept once, where it first appears.
+
+    Raises:
+        InputError: an input that does not exist or is neither a file nor a folder, a folder that
+            cannot be listed or holds no image file, or no input at all.
+    """
     paths: list[Path] = []
+    seen: set[Path] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
+            except OSError as e:
+                raise InputError(f"cannot list folder '{p}': {e.strerror or e}") from e
+            if not found:
+                raise InputError(f"folder '{p}' holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))};"
+                                 " subfolders are not searched)")
+        elif p.is_file():
+            found = [p]
+        elif p.exists():
+            raise InputError(f"input '{p}' is not a file or a folder")
         else:
-            paths.append(p)
+            raise InputError(f"input '{p}' does not exist")
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(f)
+    if not paths:
+        raise InputError("no input images given")
     return paths
+
+
+def _shared(names: Sequence[str]) -> set[str]:
+    """The names (case-folded) that more than one entry has."""
+    counts = Counter(n.casefold() for n in names)
+    return {n for n, c in counts.items() if c > 1}
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The name each input's outputs start with (`<name>.<method>.png`), all different, even
+    ignoring case (as macOS and Windows file systems compare names).
+
+    An input's stem, when no other input has it; otherwise its path relative to the inputs' common
+    folder, suffix kept, each separator written `__` (`a/x.jpg` → `a__x.jpg`). A stem equal to
+    another input's path name (`a__x.jpg.png` beside `a/x.jpg`) takes its path name too. Path names
+    that still coincide (`x.png` and `x.PNG` in one folder) are told apart by `~2`, `~3`, ... in
+    input order. Since no method name has a dot or is 'grid', different names give different files."""
+    if not paths:
+        return []
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    parents = [p.parent.parts for p in absolute]
+    common = 0
+    while all(len(q) > common and q[common] == parents[0][common] for q in parents):
+        common += 1
+    flat = ["__".join(part.strip("/\\:") or "_" for part in p.parts[common:]) for p in absolute]
+    names = [p.stem for p in absolute]
+    while True:  # each round moves at least one input to its path name, so it ends
+        shared = _shared(names)
+        moved = [flat[i] if n.casefold() in shared else n for i, n in enumerate(names)]
+        if moved == names:
+            break
+        names = moved
+    taken = {n.casefold() for n in names}
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name.casefold() in seen:
+            k = 2
+            while f"{name}~{k}".casefold() in taken:
+                k += 1
+            names[i] = f"{name}~{k}"
+            taken.add(names[i].casefold())
+        seen.add(names[i].casefold())
+    return names
 
 
 @dataclass
 class ImageReport:
-    """What happened to one input: its prediction, the files written, and any errors."""
+    """What happened to one input: its prediction, the files written, and any errors.
+
+    `failed` is True when the input could not be read, a file could not be written, or a method
+    asked for by name does not apply; a method that came only with 'all' and does not apply is
+    reported in `method_errors` without failing the input."""
 
     path: Path
+    name: str = ""  # what its files are named after (`output_names`)
     error: str | None = None
     note: str | None = None
     top: list[tuple[int, str, float]] = field(default_factory=list)  # (class, label, probability)
     written: list[Path] = field(default_factory=list)
     method_errors: dict[str, str] = field(default_factory=dict)
+    write_errors: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    failed: bool = False
+
+
+def _save_npy(path: Path, saliency: np.ndarray) -> None:
+    """Save a map as .npy, completely or not at all (`camrt.atomic`), or an InputError with the cause."""
+    try:
+        with atomic_write(path) as f:
+            np.save(f, saliency)
+    except OSError as e:
+        raise InputError(f"cannot write '{path}': {e.strerror or e}") from e
+
+
+def _output_folder(out: Path, paths: Sequence[Path], names: Sequence[str], methods: Sequence[str],
+                   save_npy: bool) -> None:
+    """Refuse an output folder that is a file, or whose outputs would replace an input; create it."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder '{out}' is a file; give a folder with -o")
+    kinds = [f"{m}.png" for m in methods] + [f"{m}.npy" for m in methods if save_npy]
+    kinds += ["grid.png"] if len(methods) > 1 else []
+    inputs = {p.resolve(): p for p in paths}
+    folder = out.resolve()
+    for name in names:
+        for kind in kinds:
+            if (folder / f"{name}.{kind}") in inputs:
+                raise InputError(f"'{inputs[folder / f'{name}.{kind}']}' is an input and would be overwritten by "
+                                 f"an output; write to another folder (-o)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder '{out}': {e.strerror or e}") from e
 
 
 def explain_files(
@@ -76,11 +187,17 @@ def explain_files(
     options: Mapping[str, object] | None = None,
 ) -> Iterator[ImageReport]:
     """For each image: one run of the graph, then every method from it; writes
-    `out_dir/<stem>.<method>.png` (and `.npy` with `save_npy`), plus `<stem>.grid.png` when several
-    methods run. A bad image or a method that does not apply is reported, and the run goes on.
+    `out_dir/<name>.<method>.png` (and `.npy` with `save_npy`), plus `<name>.grid.png` when several
+    methods run, `<name>` from `output_names`. Every file is written completely or not at all.
+
+    Everything that is wrong for every input (methods, options, layer, colormap, alpha, topk, seed,
+    class, the inputs themselves, the output folder) raises InputError before any image is read.
+    A bad image, a method that does not apply or a failed write is reported in the image's
+    `ImageReport`, and the run goes on. `topk` past the number of classes gives them all.
     `progress(path, method, done, total)` follows the methods that re-run the network many times.
     `options` go to every method that takes them; one that no chosen method takes is an error."""
     names = resolve_methods(methods)
+    named = set(_method_names(methods))  # a method named, not only brought by 'all', must apply
     options = dict(options or {})
     unused = set(options) - {o for name in names for o in METHODS[name].options.names()}
     if unused:
@@ -92,19 +209,34 @@ def explain_files(
     engine.resolve_layers(layer)  # a layer the model lacks fails every image: one error, before any work
     checks.colormap(colormap)
     checks.alpha(alpha, "--alpha")
+    topk = checks.positive_int(topk, "--topk")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"--seed must be a non-negative integer, got {seed!r}")
+    if class_idx is not None:
+        engine._class_idx(class_idx, 1)  # the engine's own check, once rather than once per image
+    paths = expand_inputs(inputs)
+    stems = output_names(paths)
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create output directory '{out}': {e.strerror}") from e
+    _output_folder(out, paths, stems, names, save_npy)
     labels = engine.manifest.labels
-    for path in expand_inputs(inputs):
-        report = ImageReport(path)
+
+    def write(report: ImageReport, target: Path, save: Callable[[Path, np.ndarray], None], data: np.ndarray) -> None:
+        try:
+            save(target, data)
+        except CamrtError as e:
+            report.write_errors.append(str(e))
+            report.failed = True
+        else:
+            report.written.append(target)
+
+    for path, stem in zip(paths, stems, strict=True):
+        report = ImageReport(path, stem)
         try:
             image, report.note = read_image(path)
             p = engine.forward([image], class_idx)
         except CamrtError as e:
             report.error = str(e)
+            report.failed = True
             yield report
             continue
         probs = np.exp(p.outputs["logits"][0] - p.outputs["logits"][0].max())
@@ -120,19 +252,15 @@ def explain_files(
                 r = engine.explain_pass(p, name, layer, seed, report_progress, options=configured[name])
             except CamrtError as e:
                 report.method_errors[name] = str(e)
+                report.failed |= name in named
                 continue
             report.seconds[name] = r.timings["method"] + r.timings["inference"] - p.seconds
             tile = overlay(image, r.saliency[0], colormap=colormap, alpha=alpha)
-            target = out / f"{path.stem}.{name}.png"
-            write_image(target, tile)
-            report.written.append(target)
+            write(report, out / f"{stem}.{name}.png", write_image, tile)
             if save_npy:
-                np.save(out / f"{path.stem}.{name}.npy", r.saliency[0])
-                report.written.append(out / f"{path.stem}.{name}.npy")
+                write(report, out / f"{stem}.{name}.npy", _save_npy, r.saliency[0])
             tiles.append(tile)
             titles.append(name)
         if len(names) > 1 and len(tiles) > 1:
-            target = out / f"{path.stem}.grid.png"
-            write_image(target, grid(tiles, titles))
-            report.written.append(target)
+            write(report, out / f"{stem}.grid.png", write_image, grid(tiles, titles))
         yield report

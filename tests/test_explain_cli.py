@@ -6,6 +6,10 @@ each overlay is `overlay(image, saliency)`.
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,7 +21,7 @@ import camrt
 from camrt.cli import main
 from camrt.engine import Engine
 from camrt.engine import engine as engine_module
-from camrt.explain import served_methods
+from camrt.explain import output_names, resolve_methods, served_methods
 from camrt.methods import METHODS
 from camrt.visual.overlay import grid, overlay, read_image
 from tests.tiny import TinyNet, make
@@ -294,3 +298,215 @@ def test_ctrl_c_during_a_perturbation_method_exits_130_with_one_line(model_path,
     assert result.exit_code == 130, (result.output, result.exception)
     assert result.stderr.splitlines() == ["camrt: interrupted"] and "Traceback" not in result.output
     assert (out / "a.ablationcam.png").is_file() and not (out / "c.ablationcam.png").exists()
+
+
+# --- nothing reported as done that is not: writes, names, inputs at the edge ------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits and umask")
+
+
+def run_limited(args: list[object], limit: int) -> subprocess.CompletedProcess:
+    """`camrt` in a child process whose files may not grow past `limit` bytes: the kernel refuses
+    the write with EFBIG, as a full disk does with ENOSPC (SIGXFSZ ignored, so the write fails
+    instead of killing the process)."""
+
+    def limit_file_size() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "camrt.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, preexec_fn=limit_file_size,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@posix_only
+def test_a_full_disk_fails_each_file_with_its_cause_and_leaves_no_partial_file(model_path, engine, images,
+                                                                               tmp_path) -> None:
+    """The limit (5000 bytes) lets each .npy map (4224 bytes) through and stops every PNG part-way: each
+    failed file is one line with the real cause, the other images are still processed, the maps that fit
+    are complete, no truncated or temporary file remains, and the exit code is 2."""
+    out = tmp_path / "out"
+    proc = run_limited(["explain", model_path, images["a"], images["c"], "-m", "gradcam,gradcam++", "--save-npy",
+                        "-o", out, "--device", "cpu"], limit=5000)
+    assert proc.returncode == 2, proc.stderr
+    pngs = [f"{s}.{kind}.png" for s in "ac" for kind in ("gradcam", "gradcam++", "grid")]
+    assert sorted(proc.stderr.splitlines()) == sorted(f"camrt: error: cannot write '{out / n}': File too large"
+                                                      for n in pngs)
+    assert f"{images['c']}: " in proc.stdout  # the second image was explained after the first one's failures
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.{m}.npy" for s in "ac" for m in ("gradcam",
+                                                                                                 "gradcam++"))
+    for s in "ac":
+        image, _ = read_image(images[s])
+        for m in ("gradcam", "gradcam++"):
+            np.testing.assert_array_equal(np.load(out / f"{s}.{m}.npy"), engine.explain([image], m).saliency[0])
+
+
+@posix_only
+def test_a_failed_write_keeps_the_previous_file(model_path, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.gradcam.png").write_bytes(b"the previous run's file")
+    proc = run_limited(["explain", model_path, images["a"], "-o", out, "--device", "cpu"], limit=1000)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"camrt: error: cannot write '{out / 'a.gradcam.png'}': File too large"]
+    assert [p.name for p in out.iterdir()] == ["a.gradcam.png"]
+    assert (out / "a.gradcam.png").read_bytes() == b"the previous run's file"
+
+
+@posix_only
+def test_written_files_get_the_users_umask(model_path, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    old = os.umask(0o027)
+    try:
+        result = invoke("explain", model_path, images["a"], "-m", "gradcam,eigencam", "--save-npy", "-o", out,
+                        "--device", "cpu")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {f"a.{kind}": 0o640 for kind in ("gradcam.png", "gradcam.npy", "eigencam.png", "eigencam.npy",
+                                                     "grid.png")}
+
+
+@pytest.fixture
+def same_stems(tmp_path) -> dict[str, Path]:
+    """The issue's layout: a/x.jpg, a/x.png and b/x.png (one stem, three images), and b/y.png (its own stem)."""
+    rng = np.random.default_rng(1)
+    for d in "ab":
+        (tmp_path / d).mkdir()
+    paths = {"a/x.jpg": tmp_path / "a" / "x.jpg", "a/x.png": tmp_path / "a" / "x.png",
+             "b/x.png": tmp_path / "b" / "x.png", "b/y.png": tmp_path / "b" / "y.png"}
+    for i, path in enumerate(paths.values()):
+        assert cv2.imwrite(str(path), rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8))
+    return paths
+
+
+def test_inputs_sharing_a_stem_are_named_after_their_paths(model_path, engine, same_stems, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, tmp_path / "a", tmp_path / "b", "-m", "gradcam,gradcam++", "--save-npy",
+                    "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    names = {"a/x.jpg": "a__x.jpg", "a/x.png": "a__x.png", "b/x.png": "b__x.png", "b/y.png": "y"}
+    kinds = ("gradcam.png", "gradcam.npy", "gradcam++.png", "gradcam++.npy", "grid.png")
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{k}" for n in names.values() for k in kinds)
+    for key, name in names.items():  # each file holds its own input's maps
+        image, _ = read_image(same_stems[key])
+        for m in ("gradcam", "gradcam++"):
+            expected = engine.explain([image], m).saliency[0]
+            np.testing.assert_array_equal(np.load(out / f"{name}.{m}.npy"), expected)
+            np.testing.assert_array_equal(read_image(out / f"{name}.{m}.png")[0], overlay(image, expected))
+        tiles = [image, *(read_image(out / f"{name}.{m}.png")[0] for m in ("gradcam", "gradcam++"))]
+        np.testing.assert_array_equal(read_image(out / f"{name}.grid.png")[0],
+                                      grid(tiles, ["input", "gradcam", "gradcam++"]))
+
+
+def test_the_same_input_given_twice_is_explained_once(model_path, same_stems, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, same_stems["a/x.png"], tmp_path / "a", same_stems["a/x.png"],
+                    tmp_path / "a" / ".." / "a" / "x.png", "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    explained = [line.split(": ")[0] for line in result.stdout.splitlines()[1:] if not line.startswith(" ")]
+    assert explained == [str(same_stems["a/x.png"]), str(same_stems["a/x.jpg"])]
+    # Once, so its stem is shared with a/x.jpg only: both are named after their paths from a/.
+    assert sorted(p.name for p in out.iterdir()) == ["x.jpg.gradcam.png", "x.png.gradcam.png"]
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    (["x.png"], ["x"]),
+    (["a/x.jpg", "a/x.png", "b/x.png", "b/y.png"], ["a__x.jpg", "a__x.png", "b__x.png", "y"]),
+    (["a/x.jpg", "a/x.png"], ["x.jpg", "x.png"]),  # relative to their common folder, a/
+    (["X.png", "x.jpg"], ["X.png", "x.jpg"]),  # stems compared ignoring case, as on macOS and Windows
+    # a stem equal to another input's path name: it takes its path name too
+    (["a/x.jpg", "b/x.jpg", "a__x.jpg.png"], ["a__x.jpg", "b__x.jpg", "a__x.jpg.png"]),
+    # path names that still coincide (in case, or two paths that flatten alike): numbered in input order
+    (["x.png", "x.PNG"], ["x.png", "x.PNG~2"]),
+    (["x.png", "x.PNG", "x.PNG~2.png"], ["x.png", "x.PNG~3", "x.PNG~2"]),
+    (["a__b/x.png", "c/x.png", "a/b__x.png", "d/b__x.png"], ["a__b__x.png", "c__x.png", "a__b__x.png~2",
+                                                              "d__b__x.png"]),
+])
+def test_output_names_never_collide(tmp_path, files, expected) -> None:
+    paths = [tmp_path / f for f in files]
+    assert output_names(paths) == expected
+    assert len({n.casefold() for n in output_names(paths)}) == len(paths)
+    # `<name>.<method>.png` is unique because no method name has a dot or is 'grid'
+    assert not [m for m in METHODS if "." in m or m == "grid"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["{tmp}/empty"], "folder '{tmp}/empty' holds no image files (looked for .bmp, .jpeg, .jpg, .pgm, .png, .ppm, "
+                      ".tif, .tiff, .webp"),
+    (["{tmp}/notes"], "folder '{tmp}/notes' holds no image files (looked for .bmp"),
+    (["{tmp}/a.png", "{tmp}/missing"], "input '{tmp}/missing' does not exist"),
+    (["{tmp}/a.png", "/dev/null"], "input '/dev/null' is not a file or a folder"),
+    (["{tmp}/a.png", "--topk", "0"], "--topk must be a positive integer, got 0"),
+    (["{tmp}/a.png", "--topk", "-3"], "--topk must be a positive integer, got -3"),
+    (["{tmp}/a.png", "{tmp}/dir", "--class-idx", "99999"], "class_idx 99999 is out of range"),
+    (["{tmp}/a.png", "{tmp}/dir", "-m", "rise", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["{tmp}/a.png", "-o", "{tmp}/a.png"], "output folder '{tmp}/a.png' is a file"),
+    (["{tmp}/a.png", "-m", ",", "-o", "{tmp}/out"], "unknown method(s) (none given)"),
+])
+def test_bad_inputs_are_one_line_errors_before_any_work(model_path, images, tmp_path, args, fragment) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    (tmp_path / "notes" / "sub.png").mkdir()  # a folder, whatever its name
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = invoke("explain", model_path, *(args if "-o" in args else [*args, "-o", tmp_path / "out"]),
+                    "--device", "cpu")
+    assert result.exit_code == 2, (result.output, result.stderr)
+    (line,) = assert_error_lines(result, 1)
+    assert fragment.format(tmp=tmp_path) in line, line
+    assert not (tmp_path / "out").exists()
+    assert result.stdout.splitlines()[1:] == []  # no image was explained
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused(model_path, images, tmp_path) -> None:
+    source = tmp_path / "dir" / "b.gradcam.png"
+    source.write_bytes(images["b"].read_bytes())  # an earlier run's output, now among the inputs
+    result = invoke("explain", model_path, tmp_path / "dir", "-o", tmp_path / "dir", "--device", "cpu")
+    assert result.exit_code == 2, (result.output, result.stderr)
+    (line,) = assert_error_lines(result, 1)
+    assert f"'{source}' is an input" in line and "-o" in line, line
+    assert source.read_bytes() == images["b"].read_bytes()
+
+
+def test_topk_past_the_number_of_classes_shows_them_all(model_path, images, tmp_path) -> None:
+    result = invoke("explain", model_path, images["a"], "--topk", "50", "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith(str(images["a"]))]
+    assert sorted(part.split()[0] for part in line.split(": ", 1)[1].split(", ")) == sorted(LABELS)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("all", served_methods()),
+    ("all,scorecam", [*served_methods(), "scorecam"]),
+    ("scorecam, all ,gradcam,scorecam", ["scorecam", *served_methods()]),
+    ("gradcam,gradcam", ["gradcam"]),
+])
+def test_all_with_named_methods(spec, expected) -> None:
+    assert resolve_methods(spec) == expected
+
+
+def test_all_and_a_named_method_from_the_command_line(model_path, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke("explain", model_path, images["a"], "-m", "all,scorecam", "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert {p.name for p in out.iterdir()} == {f"a.{m}.png" for m in [*served_methods(), "scorecam"]} | {"a.grid.png"}
+    # a method that does not apply fails the run when it is named, not when it only comes with 'all'
+    for spec, code in (("all", 0), ("all,cam", 2), ("cam,all", 2)):
+        result = invoke("explain", model_path, images["a"], "-m", spec, "--layer", "layer1", "-o", out,
+                        "--device", "cpu")
+        assert result.exit_code == code, (spec, result.output, result.stderr)
+        (line,) = assert_error_lines(result, 1)
+        assert f"{images['a']}: cam: " in line
+
+
+def test_unknown_method_lists_every_method(model_path, images, tmp_path) -> None:
+    result = invoke("explain", model_path, images["a"], "--method", "all,bogus", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    (line,) = assert_error_lines(result, 1)
+    assert "bogus" in line and all(m in line for m in METHODS) and "'all'" in line

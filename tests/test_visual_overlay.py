@@ -3,7 +3,13 @@ with OpenCV (channel order, gray, alpha, 16 bits, EXIF orientation)."""
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +18,8 @@ import pytest
 from camrt.errors import InputError
 from camrt.methods import upsample
 from camrt.visual.overlay import COLORMAPS, colorize, grid, overlay, read_image, render, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # OpenCV's jet in RGB: 0 → dark blue, 1 → dark red (cv2 returns BGR; camrt converts).
 JET_0 = (0, 0, 128)
@@ -267,3 +275,54 @@ def test_write_image_errors(tmp_path) -> None:
         write_image(tmp_path / "no" / "such" / "dir.png", random_rgb(2, 2))
     with pytest.raises(InputError, match="cannot encode an image as '.xyz'"):
         write_image(tmp_path / "a.xyz", random_rgb(2, 2))
+
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits and umask")
+
+
+@posix_only
+def test_write_image_past_a_size_limit_keeps_the_previous_file(tmp_path) -> None:
+    """The kernel refuses the write past the limit with EFBIG, as a full disk does with ENOSPC: the error
+    gives that cause (not None), and the file that was there stays, whole, with no temporary file left."""
+    (tmp_path / "big.png").write_bytes(b"previous")
+    code = textwrap.dedent(f"""
+        import resource, signal, sys
+        import numpy as np
+        sys.path.insert(0, {str(ROOT)!r})
+        from camrt.errors import InputError
+        from camrt.visual.overlay import write_image
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+        try:
+            write_image("big.png", np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8))
+        except InputError as e:
+            print(e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.stdout == "cannot write 'big.png': File too large\n", proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["big.png"]
+    assert (tmp_path / "big.png").read_bytes() == b"previous"
+
+
+@posix_only
+def test_write_image_gets_the_users_umask(tmp_path) -> None:
+    old = os.umask(0o077)
+    try:
+        write_image(tmp_path / "a.png", random_rgb(2, 2))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.png").stat().st_mode) == 0o600
+    old = os.umask(0o022)
+    try:
+        write_image(tmp_path / "a.png", random_rgb(2, 2))  # a new file replaces the old one, with its own mode
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.png").stat().st_mode) == 0o644
+
+
+def test_write_image_over_a_folder_is_an_error_with_its_cause(tmp_path) -> None:
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(InputError, match="cannot write '.*taken.png': Is a directory"):
+        write_image(tmp_path / "taken.png", random_rgb(2, 2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.png"]

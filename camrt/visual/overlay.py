@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from camrt import checks
+from camrt.atomic import write_bytes
 from camrt.errors import InputError
 
 COLORMAPS = {name: getattr(cv2, f"COLORMAP_{name.upper()}") for name in checks.COLORMAP_NAMES}
@@ -158,7 +159,16 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an RGB uint8 image; the format follows the extension."""
+    """Write an RGB uint8 image, completely or not at all; the format follows the extension.
+
+    The image is encoded in memory, then written through `camrt.atomic.write_bytes`: a write that
+    fails part-way (a full disk, a file-size limit) leaves no truncated file, and a file already at
+    `path` as it was. The new file gets the user's umask.
+
+    Raises:
+        InputError: no encoder for the extension, or the write failed (with its cause, such as
+            "No space left on device").
+    """
     p = Path(path)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     try:
@@ -168,6 +178,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     if not ok:
         raise InputError(f"cannot encode an image as '{p.suffix}'")
     try:
-        buf.tofile(p)
+        write_bytes(p, buf.tobytes())
     except OSError as e:
-        raise InputError(f"cannot write '{p}': {e.strerror}") from e
+        raise InputError(f"cannot write '{p}': {e.strerror or e}") from e
