@@ -435,6 +435,14 @@ def test_option_values_that_overflow_are_an_error_not_a_nan_map(engine, x) -> No
         engine.explain(x[:1], "sscam", layer="layer2", n=1, sigma=float("inf"), noise="input")
 
 
+@pytest.mark.parametrize("sigma", [float("inf"), 1e300])
+def test_sampled_copies_that_overflow_are_an_error_not_a_meaningless_map(engine, x, sigma) -> None:
+    """Regression: Smooth Grad-CAM++ with sigma=inf (or 1e300, infinite in float32) ran all-infinite copies
+    and still returned a finite map."""
+    with pytest.raises(InputError, match="'smoothgradcam[+][+]' gave copies or outputs with NaN or infinite values"):
+        engine.explain(x[:2], "smoothgradcam++", n=2, sigma=sigma)
+
+
 # --- image inputs -----------------------------------------------------------------------------------------
 
 

@@ -272,8 +272,16 @@ class Engine:
         black = ((0.0 - np.asarray(p.mean)) / np.asarray(p.std)).astype(np.float32)[None, :, None, None]
         copies = spec.samples(SampleContext(x, np.random.default_rng(seed), black), options)
         n, s = copies.shape[:2]
+        # Copies of noise sigma=inf are all infinite, yet their map comes out finite (and meaningless).
+        bad = _nonfinite_images(copies)
         t0 = time.perf_counter()
-        out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s))
+        if not bad:
+            out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s))
+            bad = _nonfinite_images(*(v.reshape(n, -1) for v in out.values() if v.dtype.kind == "f"))
+        if bad:
+            raise InputError(f"method '{spec.name}' gave copies or outputs with NaN or infinite values for "
+                             f"{_images(bad)} with options {options.as_dict()}: float32 overflowed; use smaller "
+                             "option values")
         elapsed = time.perf_counter() - t0
         result = {}
         for la in layers:
