@@ -164,6 +164,14 @@ def layers(model: str, arch: str | None, trust_pickle: bool, input_shape: str) -
         click.echo(f"{r.name:<{width}}  {r.type:<24} {shape:<20} {note}")
 
 
+_MAPS_HELP = ("Add map heads, the maps computed inside the graph (map.M.L, saliency.M): methods separated by "
+              "commas, or 'all'.")
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return () if text is None else tuple(name.strip() for name in text.split(","))
+
+
 @main.command("export")
 @click.argument("model", type=click.Path())
 @click.option("--layer", "layer_names", multiple=True, required=True, help="Target layer (repeat for several).")
@@ -177,10 +185,11 @@ def layers(model: str, arch: str | None, trust_pickle: bool, input_shape: str) -
 @click.option("--labels", "labels_file", type=click.Path(), help="Text file with one class name per line.")
 @click.option("--input-gradient", is_flag=True,
               help="Also output the gradient of the class score with respect to the input (for Opti-CAM).")
+@click.option("--maps", "maps_text", help=_MAPS_HELP)
 @friendly
 def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
                input_shape: str, opset: int, output_index: int | None, mean: str | None, std: str | None,
-               labels_file: str | None, input_gradient: bool) -> None:
+               labels_file: str | None, input_gradient: bool, maps_text: str | None) -> None:
     """Export MODEL to ONNX with logits, activations and class-score gradients."""
     from camrt import export
     from camrt.manifest import Preprocessing
@@ -191,10 +200,24 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
         trust_pickle=trust_pickle,
         output_index=output_index, opset=opset,
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
-        labels=_read_labels(labels_file), input_gradient=input_gradient,
+        labels=_read_labels(labels_file), input_gradient=input_gradient, maps=_names(maps_text),
     )
     shapes = ", ".join(f"{la.name} {'×'.join(map(str, la.shape))}" for la in manifest.layers)
-    click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}; verified against eager PyTorch")
+    heads = f"; map heads {', '.join(manifest.maps)}" if manifest.maps else ""
+    click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}{heads}; verified against eager PyTorch")
+
+
+@main.command("add-maps")
+@click.argument("model", type=click.Path())
+@click.option("--maps", "maps_text", required=True, help=_MAPS_HELP)
+@click.option("-o", "--output", type=click.Path(), required=True, help="File to write (may be MODEL itself).")
+@friendly
+def add_maps_cmd(model: str, maps_text: str, output: str) -> None:
+    """Add map heads to MODEL, a file written by `camrt export` (no PyTorch needed)."""
+    from camrt.graph.map_heads import add_maps
+
+    manifest = add_maps(model, _names(maps_text), output)
+    click.echo(f"wrote {output}: map heads {', '.join(manifest.maps)}")
 
 
 @main.command()

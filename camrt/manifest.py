@@ -4,6 +4,10 @@ It is public API: the engine reads the preprocessing, layer names and labels fro
 any other runtime. Output names are fixed: `logits`, `class_idx_used`, per target layer L
 `activation.L` and `gradient.L`, and, in a model exported with `input_gradient=True` (the
 manifest's `input_gradient` says so), `gradient.input` = ∂ logits[n, class_idx_used[n]] / ∂ input[n].
+A model with map heads (`camrt.graph.map_heads`; the manifest's `maps` lists their methods) also
+has, per method M, `map.M.L` (N×h×w, the method's map after its ReLU) for every target layer L and
+`saliency.M` (N×H×W in [0, 1], at the input size) for the last target layer; `layercam-fusion` has
+only `saliency.layercam-fusion`, the LayerCAM fusion of every target layer in manifest order.
 
 Format 1 grows only by fields with defaults: a manifest written before a field existed still loads.
 """
@@ -33,6 +37,16 @@ def activation_name(layer: str) -> str:
 
 def gradient_name(layer: str) -> str:
     return f"gradient.{layer}"
+
+
+def map_name(method: str, layer: str) -> str:
+    """The output holding `method`'s map at `layer` (N×h×w, after its ReLU) in a model with map heads."""
+    return f"map.{method}.{layer}"
+
+
+def saliency_name(method: str) -> str:
+    """The output holding `method`'s saliency (N×H×W in [0, 1]) in a model with map heads."""
+    return f"saliency.{method}"
 
 
 def is_gradient(name: str) -> bool:
@@ -79,6 +93,7 @@ class Manifest:
     opset: int = 0  # the default-domain opset the file imports
     format_version: int = FORMAT_VERSION
     input_gradient: bool = False  # the graph has the output INPUT_GRADIENT (absent from older manifests)
+    maps: tuple[str, ...] = ()  # methods with map heads, in the order they were added (absent from older manifests)
 
     def layer(self, name: str | None) -> Layer:
         """The target layer called `name`, or the only/last one when `name` is None."""
@@ -105,4 +120,6 @@ class Manifest:
         d["preprocessing"] = Preprocessing(tuple(p["mean"]), tuple(p["std"]), p["resize"])
         if d.get("labels") is not None:
             d["labels"] = tuple(d["labels"])
+        if "maps" in d:
+            d["maps"] = tuple(d["maps"])
         return cls(**d)

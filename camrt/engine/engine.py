@@ -16,7 +16,7 @@ from camrt.engine.graphs import Graphs, run_chunked
 from camrt.engine.perturbation import perturbation_map
 from camrt.engine.preprocess import check_batch, preprocess
 from camrt.errors import InputError
-from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest
+from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest, map_name, saliency_name
 from camrt.methods import Method, Options, SampleContext, fuse, get_method, normalize, softmax, upsample
 
 logger = logging.getLogger("camrt")
@@ -214,8 +214,16 @@ class Engine:
             samples, t_inf = self._run_samples(spec, opts, p.x, used, layers, seed)
             timings["inference"] += t_inf
         t1 = time.perf_counter()
-        maps = []
-        for la in layers:
+        maps, saliency = [], None
+        # A map head (`camrt add-maps`) computed the map in the graph run, and for the last layer its saliency.
+        head = map_name(spec.name, layers[0]) if spec.name in self.manifest.maps and len(layers) == 1 else None
+        if head is not None and head in out:
+            if spec.name == "cam":  # its check (a gradient constant over each map) cannot fail inside the graph
+                spec.map(out[self.manifest.layer(layers[0]).activation], out[self.manifest.layer(layers[0]).gradient])
+            maps.append(out[head])
+            if layers[0] == self.manifest.layers[-1].name:
+                saliency = out.get(saliency_name(spec.name))
+        for la in layers if not maps else ():
             a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
             if spec.perturbation:
                 maps.append(perturbation_map(spec, opts, self.graphs, p.x, out, la, self.chunk_size, seed, progress))
@@ -228,10 +236,10 @@ class Engine:
             raise InputError(f"method '{spec.name}' gave NaN or infinite values for {_images(bad)} with options "
                              f"{opts.as_dict()}: float32 overflowed; use smaller option values (or a smaller input)")
         size = self.input_size
-        if len(maps) == 1:
+        if saliency is None and len(maps) == 1:
             up = upsample(maps[0], size)
             saliency = normalize(up, out=up)
-        else:
+        elif saliency is None:
             saliency = fuse(maps, size)
         timings["method"] = time.perf_counter() - t1
         logits = out[LOGITS]

@@ -21,7 +21,8 @@ from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
-from camrt.graph import PatternNotFound, export_passes, run_passes
+from camrt.graph import PatternNotFound, check_maps, export_passes, run_passes
+from camrt.graph.map_heads import read_manifest
 from camrt.manifest import (
     CLASS_IDX,
     CLASS_IDX_USED,
@@ -165,6 +166,7 @@ def export(
     std: Sequence[float] = Preprocessing.std,
     labels: Sequence[str] | None = None,
     input_gradient: bool = False,
+    maps: Sequence[str] = (),
 ) -> Manifest:
     """Export `model` to an ONNX file whose outputs are the logits, the used class and, for each
     target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
@@ -192,6 +194,8 @@ def export(
         input_gradient: add the output `gradient.input` (N×C×H×W, for the same class as the layer
             gradients), verified like them; the manifest records it. Off by default, as it makes
             the backward pass run through the layers before the first target too.
+        maps: methods to add map heads for (`camrt.graph.map_heads`: `map.M.L` and `saliency.M`
+            computed inside the graph), or "all"; none by default.
 
     Returns:
         The manifest written into the model.
@@ -201,6 +205,7 @@ def export(
         UnsupportedOpError, VerificationError) with a message that says what to do.
     """
     opset = _check_opset(opset)  # before any work: torch would silently write another opset
+    maps = check_maps(maps) if maps else ()
     layers = list(layers)
     if input_gradient and INPUT_GRADIENT in map(gradient_name, layers):
         raise LayerError(f"a target layer named '{INPUT}' would give its gradient the name '{INPUT_GRADIENT}', "
@@ -265,11 +270,13 @@ def export(
         input_gradient=bool(input_gradient),
     )
     try:
-        proto = run_passes(graph, export_passes(num_classes, manifest.to_json()))
+        proto = run_passes(graph, export_passes(num_classes, manifest.to_json(), maps))
     except PatternNotFound as e:
         raise ExportError(f"{e}. torch {torch.__version__} traced the model in a form camrt's graph passes do not "
                           "recognise, so nothing was written; please report it with the output of "
                           "`camrt --traceback export ...`") from e
+    if maps:
+        manifest = read_manifest(proto)  # the map-heads pass recorded them
 
     data = _serialize(proto, path)
     _check_with_ort(data, model, manifest, output_index)

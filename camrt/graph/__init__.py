@@ -1,8 +1,10 @@
 """Graph passes: small, pure `ModelProto -> ModelProto` steps, run from visible lists.
 
 Every pass returns a new model and leaves its argument untouched. The exporter runs
-`export_passes(...)`; the engine runs `forward_only`, `keep_outputs` and `tail` to get cheap sub-graphs
-(ONNX Runtime computes every node of a graph whatever outputs are requested).
+`export_passes(...)` (ending with `map_passes(...)` when map heads are asked for, which
+`camrt add-maps` also runs on an exported file); the engine runs `forward_only`, `keep_outputs`
+and `tail` to get cheap sub-graphs (ONNX Runtime computes every node of a graph whatever outputs
+are requested).
 
 A pass never finds nothing silently when it had something to find: a rewrite pass checks whether
 the graph calls for its rewrite (`gather_selected_rows`: the logits are a linear layer) and raises
@@ -20,6 +22,7 @@ import onnx
 from camrt.graph._util import PatternNotFound
 from camrt.graph.class_idx import default_class_idx, guard_class_idx
 from camrt.graph.class_select import gather_selected_rows
+from camrt.graph.map_heads import add_map_heads, check_maps, map_passes
 from camrt.graph.metadata import attach_manifest
 from camrt.graph.subgraph import forward_only, keep_outputs, tail
 
@@ -33,15 +36,18 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProt
     return model
 
 
-def export_passes(num_classes: int, manifest_json: str) -> list[Pass]:
-    """What the exporter does to the graph torch.onnx wrote, in order."""
+def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()) -> list[Pass]:
+    """What the exporter does to the graph torch.onnx wrote, in order; `maps`: the methods to add
+    map heads for (`camrt.graph.map_heads`), none by default."""
     return [
         gather_selected_rows,
         guard_class_idx(num_classes),
         default_class_idx,
         attach_manifest(manifest_json),
+        *(map_passes(maps) if maps else []),
     ]
 
 
 __all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
-           "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows"]
+           "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows", "add_map_heads",
+           "check_maps", "map_passes"]
