@@ -338,10 +338,12 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
         raise click.UsageError("give -o OUT to write a video, --show to watch it, or both")
     size = _size(size_text)
     options = parse_options(option_items)
-    # FFmpeg's own log would print codec probing and connection failures that camrt reports itself.
+    # FFmpeg's own log would print codec probing and connection failures that camrt reports itself,
+    # and OpenCV's a warning per frame it fails to write (camrt reads the file back and says it once).
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     from camrt.engine import Engine
-    from camrt.video import VideoInterrupted, explain_video
+    from camrt.video import VideoInterrupted, VideoWriteError, explain_video
 
     # Decode and encode threads share the cores with the model: its threads must not spin between runs.
     engine = Engine(model, device=device, spinning=False)
@@ -363,7 +365,7 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
                           smoothing=smooth, batch=batch, layer=layer, class_idx=class_idx, codec=codec,
                           colormap=colormap, alpha=alpha, timeout=timeout, progress=progress if tty else None,
                           seed=seed, **options)
-    except VideoInterrupted as e:
+    except (VideoInterrupted, VideoWriteError) as e:  # the summary, then 130 or the error's one line and 2
         if tty:
             click.echo()
         _video_summary(e.summary)
@@ -377,9 +379,14 @@ def _video_summary(s: VideoSummary) -> None:
     size = "×".join(map(str, s.input_size)) if s.input_size else "?"
     click.echo(f"{s.source}: {size} at {s.input_fps:.4g} fps; {s.frames_read} frames read, "
                f"{s.frames_explained} explained")
-    if s.output:
-        out = "×".join(map(str, s.output_size))
-        click.echo(f"wrote {s.output} ({s.codec}): {s.frames_written} frames, {out} at {s.output_fps:.4g} fps")
+    if s.output and not s.frames_written:
+        sent = f": none of the {s.frames_sent} frames sent could be played back" if s.frames_sent else ""
+        click.echo(f"wrote nothing to {s.output} ({s.codec}){sent}")
+    elif s.output:
+        out = "×".join(map(str, s.output_size)) if s.output_size else "?"
+        count = (f"{s.frames_written} frames" if s.frames_written == s.frames_sent else
+                 f"{s.frames_written} of {s.frames_sent} frames playable")
+        click.echo(f"wrote {s.output} ({s.codec}): {count}, {out} at {s.output_fps:.4g} fps")
     for note in s.notes:
         click.echo(f"note: {note}")
     fps = s.fps()

@@ -11,6 +11,10 @@ This module does not import cv2: its OpenCV calls are in `camrt.visual` (`videoi
 writers, the window; `overlay.render`; `frames`: the model inputs and the maps). It is longer
 than the ~350 lines the project aims for because the three stages, their stats records and the
 summary they fill are one mechanism, read together; what each stage does to a frame is elsewhere.
+
+Nothing is reported as written that does not play: the output is written under a temporary name
+and read back when it is closed (`camrt.visual.videoio.VideoOutput`), and `VideoWriteError` is
+raised when fewer frames decode from it than were written.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import numpy as np
 
 from camrt import checks
 from camrt.engine import Engine
-from camrt.errors import InputError
+from camrt.errors import CamrtError, InputError
 from camrt.visual.frames import FramePlan, FrameResult, check_frame, plan_frames, resize_frame
 from camrt.visual.overlay import render
 from camrt.visual.videoio import (
     FrameSource,
+    VideoOutput,
+    Written,
     check_window,
     close_window,
     open_source,
@@ -49,12 +55,15 @@ class VideoSummary:
     """What `explain_video` did.
 
     frames_read: frames decoded from the source (with `every > 1`, skipped ones included);
-    frames_explained: frames through the model; frames_written: frames in the output file.
-    input_size, output_size: (w, h) of the first input frame and of the written frames (twice as
-    wide with `panel`); input_fps, output_fps: frame rates (output: input / `every`).
+    frames_explained: frames through the model; frames_sent: frames given to the writer;
+    frames_written: frames that play back from the output file, counted by reading it back
+    (fewer than frames_sent when the write failed: `VideoWriteError`; 0: no file was left).
+    input_size, output_size: (w, h) of the first input frame and of the written frames, read back
+    from the file (twice as wide with `panel`, odd sides padded to even; None when no file was
+    left); input_fps, output_fps: frame rates (output: input / `every`).
     codec: the codec written (None without an output); output: the file written, which differs
     from the path asked for when a fallback codec needed another container; notes: what was
-    changed on the way and why (codec fallback, resized frames, unknown frame rate).
+    changed on the way and why (codec fallback, padding, resized frames, unknown frame rate).
     seconds: time spent per stage ("decode", "preprocess", "inference", "method", "overlay",
     "encode") and "total" (wall clock, from the first frame); `fps` gives frames per second of each.
     interrupted: True when Ctrl-C stopped the run (the output holds the frames written until then).
@@ -66,6 +75,7 @@ class VideoSummary:
     frames_read: int = 0
     frames_explained: int = 0
     frames_written: int = 0
+    frames_sent: int = 0
     input_size: tuple[int, int] | None = None
     output_size: tuple[int, int] | None = None
     input_fps: float | None = None
@@ -76,7 +86,7 @@ class VideoSummary:
 
     def fps(self) -> dict[str, float]:
         """Frames per second of each stage (frames it handled / its seconds) and end to end ("total")."""
-        counts = {"decode": self.frames_read, "encode": self.frames_written}
+        counts = {"decode": self.frames_read, "encode": self.frames_sent}
         return {k: counts.get(k, self.frames_explained) / s for k, s in self.seconds.items() if s > 0}
 
 
@@ -85,6 +95,17 @@ class VideoInterrupted(KeyboardInterrupt):
 
     def __init__(self, summary: VideoSummary) -> None:
         super().__init__("interrupted")
+        self.summary = summary
+
+
+class VideoWriteError(CamrtError):
+    """The output holds fewer playable frames than were written to it: a full disk, a file-size
+    limit (OpenCV's writer reports neither, so `explain_video` reads the file back). The message
+    names the cause where it can be known; `summary.frames_written` counts the frames that play,
+    and with none the file was removed."""
+
+    def __init__(self, message: str, summary: VideoSummary) -> None:
+        super().__init__(message)
         self.summary = summary
 
 
@@ -121,8 +142,8 @@ class ExplainStats:
 
 @dataclass
 class EncodeStats:
-    """The encode thread's work: frames written, seconds drawing overlays and encoding, and the
-    error that stopped it (the calling thread raises it)."""
+    """The encode thread's work: frames given to the writer, seconds drawing overlays and encoding,
+    and the error that stopped it (the calling thread raises it)."""
 
     written: int = 0
     overlay_seconds: float = 0.0
@@ -195,6 +216,8 @@ def explain_video(
     Raises:
         InputError: a bad argument or source (not a video, a camera that does not exist, a stream
             that does not start or stalls, no usable codec); output written so far is closed first.
+        VideoWriteError: fewer frames play back from the output than were written (a full disk, a
+            file-size limit); the file holds those that do, or was removed when none does.
         VideoInterrupted (a KeyboardInterrupt): Ctrl-C; the output is closed first and is playable.
     """
     settings = _check_arguments(engine, method, every, size, panel, show, smoothing, batch, layer, class_idx,
@@ -206,8 +229,14 @@ def explain_video(
     except KeyboardInterrupt:
         pipeline.summary.interrupted = True
         raise VideoInterrupted(pipeline.summary) from None
+    except CamrtError as e:  # a stalled source, say, and the frames before it failed to write too
+        if pipeline.write_error is None:
+            raise
+        raise VideoWriteError(f"{e}; but {pipeline.write_error}", pipeline.summary) from e
     finally:
         pipeline.summarise()
+    if pipeline.write_error is not None:
+        raise VideoWriteError(pipeline.write_error, pipeline.summary)
     return pipeline.summary
 
 
@@ -253,7 +282,8 @@ class _Pipeline:
         self.decoder = threading.Thread(target=_decode, args=(source, settings, self.decoded, self.stop,
                                                               self.decoding), daemon=True, name="camrt-decode")
         self.encoder: threading.Thread | None = None
-        self.writer = None
+        self.writer: VideoOutput | None = None
+        self.written: Written | None = None  # what closing the writer found in the file
         self.start = time.perf_counter()
 
     def run(self, progress: Progress | None) -> None:
@@ -292,11 +322,9 @@ class _Pipeline:
         """The writer, for frames like `frame` (twice as wide with a panel), and the encode thread."""
         s = self.settings
         h, w = frame.shape[0], frame.shape[1] * (2 if s.panel else 1)
-        self.writer, self.summary.codec, path, note = open_writer(self.output, self.summary.output_fps, (w, h),
-                                                                  s.codec)
-        self.summary.output, self.summary.output_size = str(path), (w, h)
-        if note:
-            self.summary.notes.append(note)
+        self.writer = open_writer(self.output, self.summary.output_fps, (w, h), s.codec)
+        self.summary.codec, self.summary.output = self.writer.codec, str(self.writer.path)
+        self.summary.notes.extend(self.writer.notes)
         self.encoder = threading.Thread(target=_encode, args=(self.writer, self.rendered, self.encoding,
                                                               (s.colormap, s.alpha, s.panel)),
                                         daemon=True, name="camrt-encode")
@@ -312,27 +340,52 @@ class _Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        if self.encoder is not None:
-            self.rendered.put(_END)  # the encoder drains the queue, so this cannot block for long
-            self.encoder.join()
-        if self.writer is not None:
-            self.writer.release()
-        if self.decoder.ident is not None:
-            self.decoder.join(timeout=1.0)
-        if not self.decoder.is_alive():  # a capture stuck in read() is left to its daemon thread
-            self.source.release()
-        if self.settings.show:
-            close_window()
+        interrupted = False
+        try:
+            if self.encoder is not None:
+                self.rendered.put(_END)  # the encoder drains the queue, so this cannot block for long
+                while self.encoder.is_alive():  # Ctrl-C waits for it too: the writer is closed after it
+                    try:
+                        self.encoder.join()
+                    except KeyboardInterrupt:
+                        interrupted = True
+            if self.writer is not None:
+                self.written = self.writer.close()  # reads the file back
+            if interrupted:
+                raise KeyboardInterrupt
+        finally:
+            if self.decoder.ident is not None:
+                self.decoder.join(timeout=1.0)
+            if not self.decoder.is_alive():  # a capture stuck in read() is left to its daemon thread
+                self.source.release()
+            if self.settings.show:
+                close_window()
+
+    @property
+    def write_error(self) -> str | None:
+        """Why fewer frames play back from the output than were written (None when all do)."""
+        return self.written.error if self.written is not None else None
 
     def summarise(self) -> None:
         """The stages' counts and seconds into the summary."""
         s, d, x, e = self.summary, self.decoding, self.explaining, self.encoding
-        s.frames_read, s.frames_explained, s.frames_written = d.frames, x.frames, e.written
+        s.frames_read, s.frames_explained, s.frames_sent = d.frames, x.frames, e.written
+        s.frames_written = e.written
         if d.first_size is not None:
             s.input_size = d.first_size
-            if s.output_size is None:
+            if self.writer is None:  # the frames shown
                 w, h = self.settings.size or d.first_size
                 s.output_size = (w * (2 if self.settings.panel else 1), h)
+        if self.written is not None:
+            s.frames_written, s.output_size = self.written.frames, self.written.size
+            if self.written.size not in (None, self.writer.size):
+                s.notes.append(f"the codec wrote {self.written.size[0]}×{self.written.size[1]} frames, not the "
+                               f"{self.writer.size[0]}×{self.writer.size[1]} given to it")
+            if s.interrupted and self.written.error:
+                s.notes.append(self.written.error)
+        elif self.writer is not None:  # closing it was interrupted, or failed
+            s.output_size = self.writer.size
+            s.notes.append(f"the output was not read back, so its {e.written} frames are not known to play")
         if d.resized:
             s.notes.append(f"{d.resized} frames differed in size from the first "
                            f"({d.first_size[0]}×{d.first_size[1]}) and were resized to it")

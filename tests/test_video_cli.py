@@ -1,9 +1,13 @@
 """`camrt video` through click's CliRunner on a tiny model and videos written here with OpenCV:
-the written file, the summary, and the exit codes of its error cases (2) and of Ctrl-C (130)."""
+the written file, the summary, and the exit codes of its error cases (2) and of Ctrl-C (130); a
+full disk in a real process, under a file-size limit."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +21,8 @@ from camrt.cli import main
 from camrt.visual import videoio
 from tests.test_visual_video import COUNT, FPS, LABELS, H, W, moving_square, read_video, write_video
 from tests.tiny import TinyNet, make
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +155,85 @@ def test_ctrl_c_keeps_a_playable_file_and_exits_130(model_path, clip, tmp_path, 
     assert f"wrote {out} (mp4v): 4 frames" in result.stdout
     frames, fps = read_video(out)
     assert len(frames) == 4 and fps == pytest.approx(FPS)
+
+
+def test_an_odd_size_is_padded_to_even_and_the_summary_says_so(model_path, clip, tmp_path) -> None:
+    out = tmp_path / "odd.mp4"
+    result = invoke("video", model_path, clip, "-o", out, "--size", "41x31")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert read_video(out)[0][0].shape == (32, 42, 3)
+    lines = result.stdout.splitlines()
+    assert f"wrote {out} (mp4v): {COUNT} frames, 42×32 at 10 fps" in lines
+    assert ("note: 41×31 has an odd side, which the codecs OpenCV writes would cut off; the frames were padded to "
+            "42×32 by repeating their last column or row") in lines
+
+
+def limited(args: list, limit: int) -> subprocess.CompletedProcess:
+    """`camrt video ARGS` in a real process whose files may not grow past `limit` bytes: the kernel
+    refuses the write with EFBIG as a full disk does with ENOSPC (SIGXFSZ ignored, so the write
+    fails instead of killing the process). OpenCV's writer reports neither."""
+
+    def limit_file_size() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "camrt.cli", "video", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300, preexec_fn=limit_file_size,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+FULL = "the file reached this process's file-size limit of 20000 bytes (ulimit -f)"
+LONG = 600  # frames: enough for OpenCV to print a warning per failed write, which the one error line replaces
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("long") / "long.avi", moving_square(LONG))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits")
+@pytest.mark.parametrize("previous", [None, b"an earlier result"])
+def test_a_full_disk_with_no_playable_frame_is_an_error_and_saves_nothing(model_path, long_clip, tmp_path,
+                                                                           previous) -> None:
+    """An .mp4 keeps its index at the end: cut short, none of its frames plays. The run used to
+    print "wrote ... 600 frames" and exit 0."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "explained.mp4"
+    if previous is not None:
+        out.write_bytes(previous)
+    proc = limited([model_path, long_clip, "-o", out], limit=20_000)  # the frames take about 390 kB
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.splitlines() == [f"camrt: error: writing '{out}' failed: {FULL}; none of the {LONG} frames "
+                                        "sent could be played back, so nothing was saved"]
+    assert f"wrote nothing to {out} (mp4v): none of the {LONG} frames sent could be played back" in proc.stdout
+    assert f"wrote {out}" not in proc.stdout
+    if previous is None:
+        assert list(out_dir.iterdir()) == []  # neither a truncated file nor a temporary one
+    else:
+        assert [p.name for p in out_dir.iterdir()] == [out.name] and out.read_bytes() == previous
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits")
+def test_a_full_disk_with_some_playable_frames_keeps_them_and_counts_them(model_path, long_clip, tmp_path) -> None:
+    """An .avi cut short still plays up to where the disk filled: the file keeps those frames, and
+    the summary and the error say how many there are."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "explained.avi"
+    proc = limited([model_path, long_clip, "-o", out], limit=20_000)  # the frames take about 880 kB
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    found = re.fullmatch(rf"camrt: error: writing '{re.escape(str(out))}' failed: {re.escape(FULL)}; only (\d+) of "
+                         rf"the {LONG} frames sent can be played back, and the file holds those", lines[0])
+    assert found, lines[0]
+    playable = int(found[1])
+    assert 0 < playable < LONG
+    frames, fps = read_video(out)
+    assert len(frames) == playable and fps == pytest.approx(FPS)
+    assert f"wrote {out} (MJPG): {playable} of {LONG} frames playable, 64×48 at 10 fps" in proc.stdout.splitlines()
+    assert [p.name for p in out_dir.iterdir()] == [out.name]

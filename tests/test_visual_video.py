@@ -2,13 +2,18 @@
 the EMA by hand, gray and 4-channel frames converted as image files are, and `explain_video` on
 videos written here with OpenCV (frame counts, rates, sizes, and each robustness case: not a
 video, a camera or stream that does not exist, a source that never starts or stalls, an
-unavailable codec, frames of changing size, Ctrl-C, bounded queues)."""
+unavailable codec, frames of changing size, odd sizes, a writer that loses frames, Ctrl-C,
+bounded queues). A real full disk is in tests/test_video_cli.py."""
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -19,7 +24,7 @@ from camrt import video
 from camrt.engine import Engine
 from camrt.errors import InputError
 from camrt.methods import METHODS
-from camrt.video import VideoInterrupted, explain_video
+from camrt.video import VideoInterrupted, VideoWriteError, explain_video
 from camrt.visual import videoio
 from camrt.visual.frames import explain_frames, prepare_frames
 from camrt.visual.overlay import read_image, render
@@ -393,6 +398,7 @@ def test_ctrl_c_leaves_a_playable_file(engine, clip, tmp_path) -> None:
     assert s.frames_explained == s.frames_written == 6
     frames, fps = read_video(out)
     assert len(frames) == 6 and fps == pytest.approx(FPS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "cut.mp4"]  # no temporary file left
 
 
 def test_queues_are_bounded_on_a_long_source(engine) -> None:
@@ -416,3 +422,138 @@ def test_queues_are_bounded_on_a_long_source(engine) -> None:
     # At most: 2·batch in the queue, one in the decode thread's hands, one batch being explained.
     assert max(backlog) <= 3 * batch + 1
     assert max(backlog) >= 2 * batch  # the decoder was ahead: the bound was what held it back
+
+
+# --- what is written: odd sizes, frames the writer loses, permissions --------------------------------------------
+
+
+@pytest.mark.parametrize("name, size, panel, written", [
+    ("odd.mp4", (41, 31), False, (42, 32)),
+    ("odd.avi", (41, 31), False, (42, 32)),
+    ("panel.mp4", (40, 31), True, (80, 32)),
+])
+def test_odd_sizes_are_padded_to_even(engine, clip, tmp_path, name, size, panel, written) -> None:
+    """OpenCV's writers (mp4v, MJPG, XVID) cut an odd side down to even without a word: 641×481 is
+    read back as 640×480. camrt pads instead, repeating the last column and row, and says so."""
+    out = tmp_path / name
+    s = explain_video(engine, clip, out, size=size, panel=panel)
+    frames, _ = read_video(out)
+    w, h = written
+    assert len(frames) == COUNT and {f.shape for f in frames} == {(h, w, 3)} and s.output_size == written
+    sent = (size[0] * (2 if panel else 1), size[1])
+    assert s.notes == [f"{sent[0]}×{sent[1]} has an odd side, which the codecs OpenCV writes would cut off; the "
+                       f"frames were padded to {w}×{h} by repeating their last column or row"]
+    f = frames[3].astype(int)  # the padding repeats the last row (and column), up to the codec's loss
+    assert np.abs(f[h - 1] - f[h - 2]).mean() < 8 < np.abs(f[h - 1] - f[h // 2]).mean()
+
+
+def test_output_size_is_read_back_from_the_file(engine, clip, tmp_path, monkeypatch) -> None:
+    """Without the padding OpenCV cuts 41×31 to 40×30: the summary gives what the file holds."""
+    monkeypatch.setattr(videoio, "even_size", lambda size: size)
+    s = explain_video(engine, clip, tmp_path / "cut.mp4", size=(41, 31))
+    assert read_video(tmp_path / "cut.mp4")[0][0].shape == (30, 40, 3)
+    assert s.output_size == (40, 30) and s.notes == ["the codec wrote 40×30 frames, not the 41×31 given to it"]
+
+
+class LosingWriter:
+    """A VideoWriter that silently drops every frame after the first `keep`, as OpenCV's does when
+    the disk is full."""
+
+    def __init__(self, writer: cv2.VideoWriter, keep: int) -> None:
+        self.writer, self.keep = writer, keep
+
+    def isOpened(self) -> bool:  # noqa: N802 - cv2's name
+        return self.writer.isOpened()
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.keep > 0:
+            self.writer.write(frame)
+        self.keep -= 1
+
+    def release(self) -> None:
+        self.writer.release()
+
+
+def losing(monkeypatch, keep: int) -> None:
+    real = videoio._video_writer
+    monkeypatch.setattr(videoio, "_video_writer", lambda *a: LosingWriter(real(*a), keep))
+
+
+def test_a_writer_that_loses_frames_is_an_error_with_the_playable_count(engine, clip, tmp_path, monkeypatch) -> None:
+    losing(monkeypatch, 5)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(VideoWriteError) as info:
+        explain_video(engine, clip, out)
+    assert str(info.value) == (f"writing '{out}' failed: OpenCV's writer produced 5 of {COUNT} frames without "
+                               "reporting an error (the disk may have been full for a while); only 5 of the "
+                               f"{COUNT} frames sent can be played back, and the file holds those")
+    s = info.value.summary
+    assert (s.frames_explained, s.frames_sent, s.frames_written, s.output_size) == (COUNT, COUNT, 5, (W, H))
+    assert len(read_video(out)[0]) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "out.mp4"]
+
+
+def test_a_full_disk_with_nothing_playable_saves_nothing(engine, clip, tmp_path, monkeypatch) -> None:
+    losing(monkeypatch, 0)
+    monkeypatch.setattr(videoio.shutil, "disk_usage", lambda path: SimpleNamespace(free=4096))
+    out = tmp_path / "out.mp4"
+    with pytest.raises(VideoWriteError) as info:
+        explain_video(engine, clip, out)
+    assert str(info.value) == (f"writing '{out}' failed: the disk is full (4096 bytes free in '{tmp_path}'); none "
+                               f"of the {COUNT} frames sent could be played back, so nothing was saved")
+    s = info.value.summary
+    assert (s.frames_sent, s.frames_written, s.output_size) == (COUNT, 0, None)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
+
+
+def test_a_stalled_source_and_a_failed_write_are_both_reported(engine, tmp_path, monkeypatch) -> None:
+    def stalls():
+        yield from moving_square(5)
+        time.sleep(2.0)
+
+    losing(monkeypatch, 0)
+    with pytest.raises(VideoWriteError, match=r"the source stalled .*; but writing .* failed: .*none of the 4 "
+                                              "frames sent could be played back"):
+        explain_video(engine, stalls(), tmp_path / "out.mp4", batch=2, timeout=0.3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_with_a_failed_write_says_so_in_the_summary(engine, clip, tmp_path, monkeypatch) -> None:
+    def progress(done, total, elapsed):
+        if done == 6:
+            raise KeyboardInterrupt
+
+    losing(monkeypatch, 0)
+    with pytest.raises(VideoInterrupted) as info:
+        explain_video(engine, clip, tmp_path / "cut.mp4", batch=4, progress=progress)
+    s = info.value.summary
+    assert (s.frames_sent, s.frames_written) == (6, 0) and s.interrupted
+    assert any(n.startswith(f"writing '{tmp_path / 'cut.mp4'}' failed") for n in s.notes)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX umask")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_output_has_the_umask_permissions(engine, clip, tmp_path, umask) -> None:
+    old = os.umask(umask)
+    try:
+        explain_video(engine, clip, tmp_path / "out.avi")
+        (tmp_path / "ref").write_bytes(b"")  # what any other tool would create
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "out.avi").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "ref").stat().st_mode)
+
+
+def test_ctrl_c_while_the_output_is_read_back_keeps_it_unchecked(engine, clip, tmp_path, monkeypatch) -> None:
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(videoio, "count_frames", interrupted)
+    with pytest.raises(VideoInterrupted) as info:
+        explain_video(engine, clip, tmp_path / "out.mp4")
+    s = info.value.summary
+    assert (s.frames_sent, s.frames_written, s.output_size) == (COUNT, COUNT, (W, H))
+    assert s.notes == [f"the output was not read back, so its {COUNT} frames are not known to play"]
+    assert len(read_video(tmp_path / "out.mp4")[0]) == COUNT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "out.mp4"]
