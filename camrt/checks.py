@@ -24,11 +24,20 @@ def positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def non_negative_int(value: object, name: str) -> int:
+    """`value` as an int ≥ 0 (bools, floats and strings refused), or an InputError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def number(value: object, name: str, low: float = 0.0, high: float | None = None, *, positive: bool = False,
            high_open: bool = False, note: str = "") -> float:
-    """`value` as a float in [low, high] (or [low, high) with `high_open`; > 0 with `positive`),
-    or an InputError naming it. NaN is refused; `note` is appended to the message."""
+    """`value` as a finite float in [low, high] (or [low, high) with `high_open`; > 0 with
+    `positive`), or an InputError naming it. NaN and infinities are refused; `note` is appended
+    to the message."""
     ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+    ok = ok and bool(np.isfinite(value))
     if ok:
         above = high is not None and (value >= high if high_open else value > high)
         ok = bool(value >= low) and not above

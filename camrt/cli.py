@@ -122,7 +122,30 @@ def friendly(f):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """The `camrt` group: errors that click finds itself while parsing (an option value it cannot
+    convert, an unknown option, a missing argument) are one line on stderr, like every other camrt
+    error, instead of click's usage block; the exit code stays click's (2)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # `camrt` alone: the help, as click shows it
+            click.echo(e.ctx.get_help() if e.ctx else e.format_message(), err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if isinstance(e, click.UsageError) and e.ctx else ""
+            click.echo(f"camrt: error: {' '.join(e.format_message().split())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:  # Ctrl-C or end of input while click itself waited (a prompt)
+            click.echo("camrt: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)  # a command returns None; --help and --version give 0
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--traceback", is_flag=True, help="Show full tracebacks (for bug reports).")
 @click.version_option(package_name="camrt")
 @click.pass_context

@@ -14,7 +14,8 @@ from camrt import checks
 from camrt.atomic import atomic_write
 from camrt.engine import Engine
 from camrt.errors import CamrtError, InputError
-from camrt.methods import METHODS
+from camrt.manifest import LOGITS
+from camrt.methods import METHODS, softmax
 from camrt.visual.overlay import IMAGE_SUFFIXES, grid, overlay, read_image, write_image
 
 
@@ -210,10 +211,9 @@ def explain_files(
     checks.colormap(colormap)
     checks.alpha(alpha, "--alpha")
     topk = checks.positive_int(topk, "--topk")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"--seed must be a non-negative integer, got {seed!r}")
+    checks.non_negative_int(seed, "--seed")
     if class_idx is not None:
-        engine._class_idx(class_idx, 1)  # the engine's own check, once rather than once per image
+        engine.check_class_idx(class_idx, 1)  # the engine's own check, once rather than once per image
     paths = expand_inputs(inputs)
     stems = output_names(paths)
     out = Path(out_dir)
@@ -239,8 +239,7 @@ def explain_files(
             report.failed = True
             yield report
             continue
-        probs = np.exp(p.outputs["logits"][0] - p.outputs["logits"][0].max())
-        probs /= probs.sum()
+        probs = softmax(p.outputs[LOGITS][0])
         report.top = [(int(k), labels[k] if labels else str(int(k)), float(probs[k]))
                       for k in np.argsort(probs)[::-1][:topk]]
         report.seconds["inference"] = p.seconds

@@ -27,10 +27,19 @@ def test_number() -> None:
         checks.number(-1, "sigma")
     with pytest.raises(InputError, match="p must be positive"):
         checks.number(0.0, "p", 0, 1, positive=True)
-    for bad in (math.nan, True, "x", None):
+    for bad in (math.nan, math.inf, -math.inf, np.float32("inf"), True, "x", None):
         with pytest.raises(InputError, match="must be a number"):
             checks.number(bad, "x", 0, 1)
+    with pytest.raises(InputError, match="sigma must be a number ≥ 0, got inf"):
+        checks.number(math.inf, "sigma")  # no upper bound given, and still finite only
     assert checks.number(1e9, "timeout", positive=True) == 1e9
+
+
+def test_non_negative_int() -> None:
+    assert checks.non_negative_int(0, "seed") == 0 and checks.non_negative_int(np.uint8(3), "seed") == 3
+    for bad in (-1, 1.0, True, "1", None):
+        with pytest.raises(InputError, match=f"--seed must be a non-negative integer, got {bad!r}"):
+            checks.non_negative_int(bad, "--seed")
 
 
 def test_choice_flag_colormap_alpha() -> None:

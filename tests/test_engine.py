@@ -430,16 +430,23 @@ def test_finite_input_that_overflows_the_model_is_an_error_not_a_nan_map(engine,
 
 
 def test_option_values_that_overflow_are_an_error_not_a_nan_map(engine, x) -> None:
-    """Regression: SS-CAM's infinite input noise made every copy's score NaN, and the map NaN."""
-    with pytest.raises(InputError, match="method 'sscam' gave NaN or infinite values .* float32 overflowed"):
+    """Regression: SS-CAM's infinite input noise made every copy's score NaN, and the map NaN. An
+    infinite sigma is refused by the option check; a finite one whose noise overflows float32 in
+    the network is refused after the run."""
+    with pytest.raises(InputError, match="option sigma must be a number ≥ 0, got inf"):
         engine.explain(x[:1], "sscam", layer="layer2", n=1, sigma=float("inf"), noise="input")
+    with pytest.raises(InputError, match="method 'sscam' gave NaN or infinite values .* float32 overflowed"):
+        engine.explain(x[:1], "sscam", layer="layer2", n=1, sigma=1e38, noise="input")
 
 
-@pytest.mark.parametrize("sigma", [float("inf"), 1e300])
-def test_sampled_copies_that_overflow_are_an_error_not_a_meaningless_map(engine, x, sigma) -> None:
+@pytest.mark.parametrize(("sigma", "message"), [
+    (float("inf"), "option sigma must be a number ≥ 0, got inf"),  # refused before any run
+    (1e300, "'smoothgradcam[+][+]' gave copies or outputs with NaN or infinite values"),  # infinite in float32
+])
+def test_sampled_copies_that_overflow_are_an_error_not_a_meaningless_map(engine, x, sigma, message) -> None:
     """Regression: Smooth Grad-CAM++ with sigma=inf (or 1e300, infinite in float32) ran all-infinite copies
     and still returned a finite map."""
-    with pytest.raises(InputError, match="'smoothgradcam[+][+]' gave copies or outputs with NaN or infinite values"):
+    with pytest.raises(InputError, match=message):
         engine.explain(x[:2], "smoothgradcam++", n=2, sigma=sigma)
 
 

@@ -7,8 +7,7 @@ printed, when every value is valid; otherwise exit code 2 with exactly one line 
 with "camrt: error:", and no traceback. Exit code 1 (an internal error) is never right.
 
 The values given to click's typed options (`--topk`, `--class-idx`, ... are `type=int`) are ones
-click parses; text it cannot parse gets click's own usage message, which is not one line
-(`test_unparseable_values_are_one_line_errors`, marked xfail for the owner of camrt/cli.py).
+click parses; text it cannot parse must be one line too (`test_unparseable_values_are_one_line_errors`).
 
 The model is the one tests/test_fuzz_engine.py exports (shared per session).
 """
@@ -164,10 +163,6 @@ def test_explain_option_values(files, call) -> None:
 # --- what click parses itself -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "camrt/cli.py: a value click cannot convert for a typed option (type=int or float) gets click's "
-    "usage message, four lines on stderr ('Usage: ...', 'Try ... --help', '', \"Error: Invalid value for "
-    "'--topk': '1.5' is not a valid integer.\"), not one line starting with 'camrt: error:'"))
 @pytest.mark.parametrize("args", [["--topk", "1.5"], ["--class-idx", "abc"], ["--alpha", "half"],
                                   ["--chunk-size", ""], ["--seed", "1e3"]])
 def test_unparseable_values_are_one_line_errors(files, args) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camrt.checks import positive_int
+from camrt.checks import non_negative_int, positive_int
 from camrt.engine.graphs import Graphs, run_chunked
 from camrt.engine.perturbation import perturbation_map
 from camrt.engine.preprocess import check_batch, preprocess
@@ -112,7 +112,7 @@ class Engine:
             raise InputError("no images given")
         return preprocess(list(images), self.input_size, self.manifest.preprocessing)
 
-    def _class_idx(self, class_idx: int | Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+    def check_class_idx(self, class_idx: int | Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
         """One int64 class per image, checked: integers only (a float or a string is refused, not
         truncated or parsed), one for all or one per image, each -1 or a class of the model."""
         k = self.manifest.num_classes
@@ -148,7 +148,7 @@ class Engine:
         `gradient=False` the run skips the gradient branch (a forward-only graph), which is all
         that methods without gradients need."""
         x = self.prepare(images)
-        cls = self._class_idx(class_idx, len(x))
+        cls = self.check_class_idx(class_idx, len(x))
         t0 = time.perf_counter()
         if gradient:
             out = self.run(x, cls)
@@ -189,7 +189,7 @@ class Engine:
         """
         spec = get_method(method)  # fail before running the model
         self.resolve_layers(layer)
-        _check_seed(seed)
+        non_negative_int(seed, "seed")
         opts = self.configure(spec, options)
         return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
                                  progress, options=opts)
@@ -201,7 +201,7 @@ class Engine:
         Options go by name (`given`) or as the method's checked options object (`options`)."""
         spec = get_method(method)
         layers = self.resolve_layers(layer)
-        _check_seed(seed)
+        non_negative_int(seed, "seed")
         if options is not None and given:
             raise InputError("give method options either by name or as an options object, not both")
         opts = self.configure(spec, options if options is not None else given)
@@ -296,13 +296,6 @@ class Engine:
             a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
             result[la] = (a.reshape(n, s, *a.shape[1:]), g.reshape(n, s, *g.shape[1:]))
         return result, elapsed
-
-
-def _check_seed(seed: object) -> None:
-    """A seed is a non-negative integer, as numpy's generators take it; None (fresh entropy) is
-    refused, since the same seed must give the same map."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def _nonfinite_images(*arrays: np.ndarray) -> list[int]:

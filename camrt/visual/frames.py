@@ -114,7 +114,7 @@ def method_facts(method: str, options: Mapping[str, object]) -> MethodFacts:
     contract of `camrt.methods` (InputError for an unknown method or a bad option)."""
     spec = get_method(method)
     check_options(spec.name, options)
-    return MethodFacts(spec.name, spec.family in ("feature", "input"), spec.uses_gradient)
+    return MethodFacts(spec.name, spec.perturbation, spec.uses_gradient)
 
 
 @dataclass(frozen=True)
