@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a real model: export the pretrained EfficientNet-Lite0 with its class-score
-# gradient, read predictions and gradients with plain onnxruntime, then explain two real photos
-# with every gradient method and write the overlays to out/explained/.
+# gradient and Grad-CAM/LayerCAM map heads, read predictions, gradients and maps with plain
+# onnxruntime, then explain two real photos with every gradient method (overlays in
+# out/explained/) and four perturbation methods, and explain a video clip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-out}
@@ -10,7 +11,7 @@ python tools/write_photos.py "$out/photos"
 camrt layers "$out/efficientnet_lite0.pt" --arch models.efficientnet_lite0:build | tail -n 6
 camrt export "$out/efficientnet_lite0.pt" --arch models.efficientnet_lite0:build \
     --layer _blocks.15 --layer _head_act --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 \
-    --labels "$out/imagenet_labels.txt" -o "$out/efficientnet_lite0.cam.onnx"
+    --labels "$out/imagenet_labels.txt" --maps gradcam,layercam -o "$out/efficientnet_lite0.cam.onnx"
 python tools/read_outputs.py "$out/efficientnet_lite0.cam.onnx"
 camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method all -o "$out/explained"
 camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method scorecam,ablationcam,reciprocam,groupcam \

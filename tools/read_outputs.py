@@ -1,4 +1,5 @@
-"""Read a camrt model with nothing but onnxruntime: predictions and gradients for real photos.
+"""Read a camrt model with nothing but onnxruntime: predictions, gradients and (where the model has
+map heads) saliency maps for real photos.
 
     python tools/read_outputs.py model.cam.onnx
 Exits non-zero if a photo's top-1 class is not among the expected ones.
@@ -41,6 +42,11 @@ def main(path: str) -> int:
             i, j = np.unravel_index(cam.argmax(), cam.shape)
             print(f"  {layer['name']}: activation {a.shape}, |gradient| mean {np.abs(g).mean():.2e}, "
                   f"Grad-CAM peak at ({i}, {j}) of {cam.shape}")
+        for method in manifest.get("maps", []):  # map heads: the saliency map itself, from session.run
+            s = outputs.get(f"saliency.{method}")
+            if s is not None:
+                i, j = np.unravel_index(s[0].argmax(), s[0].shape)
+                print(f"  saliency.{method}: {s[0].shape} in [{s[0].min():.0f}, {s[0].max():.0f}], peak at ({i}, {j})")
         ok &= labels[used] in EXPECTED[name]
     return 0 if ok else 1
 
