@@ -191,6 +191,11 @@ _MAPS_HELP = ("Add map heads, the maps computed inside the graph (map.M.L, salie
               "commas, or 'all'.")
 
 
+_FP16_HELP = ("Compute the forward pass in float16, for GPUs (the gradient branch and map heads stay float32, as "
+              "do the inputs and outputs; see docs/fp16.md).")
+_FP16_DONE = "float16 compute, float32 inputs and outputs, float16 ranges checked"
+
+
 def _names(text: str | None) -> tuple[str, ...]:
     return () if text is None else tuple(name.strip() for name in text.split(","))
 
@@ -209,10 +214,11 @@ def _names(text: str | None) -> tuple[str, ...]:
 @click.option("--input-gradient", is_flag=True,
               help="Also output the gradient of the class score with respect to the input (for Opti-CAM).")
 @click.option("--maps", "maps_text", help=_MAPS_HELP)
+@click.option("--fp16", is_flag=True, help=_FP16_HELP)
 @friendly
 def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
                input_shape: str, opset: int, output_index: int | None, mean: str | None, std: str | None,
-               labels_file: str | None, input_gradient: bool, maps_text: str | None) -> None:
+               labels_file: str | None, input_gradient: bool, maps_text: str | None, fp16: bool) -> None:
     """Export MODEL to ONNX with logits, activations and class-score gradients."""
     from camrt import export
     from camrt.manifest import Preprocessing
@@ -223,11 +229,13 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
         trust_pickle=trust_pickle,
         output_index=output_index, opset=opset,
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
-        labels=_read_labels(labels_file), input_gradient=input_gradient, maps=_names(maps_text),
+        labels=_read_labels(labels_file), input_gradient=input_gradient, maps=_names(maps_text), fp16=fp16,
     )
     shapes = ", ".join(f"{la.name} {'×'.join(map(str, la.shape))}" for la in manifest.layers)
     heads = f"; map heads {', '.join(manifest.maps)}" if manifest.maps else ""
-    click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}{heads}; verified against eager PyTorch")
+    half = f"; {_FP16_DONE}" if fp16 else ""
+    click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}{heads}; verified against eager PyTorch"
+               f"{half}")
 
 
 @main.command("add-maps")
@@ -241,6 +249,21 @@ def add_maps_cmd(model: str, maps_text: str, output: str) -> None:
 
     manifest = add_maps(model, _names(maps_text), output)
     click.echo(f"wrote {output}: map heads {', '.join(manifest.maps)}")
+
+
+@main.command("convert")
+@click.argument("model", type=click.Path())
+@click.option("--fp16", is_flag=True, help=_FP16_HELP)
+@click.option("-o", "--output", type=click.Path(), required=True, help="File to write (may be MODEL itself).")
+@friendly
+def convert_cmd(model: str, fp16: bool, output: str) -> None:
+    """Convert MODEL, a file written by `camrt export`, to another precision (no PyTorch needed)."""
+    if not fp16:
+        raise click.UsageError("say what to convert MODEL to: --fp16 (the only conversion so far)")
+    from camrt.graph.fp16 import convert_file
+
+    convert_file(model, output)
+    click.echo(f"wrote {output}: {_FP16_DONE}")
 
 
 @main.command()

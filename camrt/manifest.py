@@ -8,6 +8,8 @@ A model with map heads (`camrt.graph.map_heads`; the manifest's `maps` lists the
 has, per method M, `map.M.L` (N×h×w, the method's map after its ReLU) for every target layer L and
 `saliency.M` (N×H×W in [0, 1], at the input size) for the last target layer; `layercam-fusion` has
 only `saliency.layercam-fusion`, the LayerCAM fusion of every target layer in manifest order.
+`precision` says how the graph computes: "fp32", or "fp16" (`camrt.graph.fp16`: the forward pass
+in float16, the gradient branch and map heads in float32); inputs and outputs keep their types.
 
 Format 1 grows only by fields with defaults: a manifest written before a field existed still loads.
 """
@@ -23,6 +25,10 @@ FORMAT_VERSION = 1
 # The ONNX opsets camrt writes, and its default (why these: `camrt.exporter.api`).
 OPSETS = range(18, 27)
 DEFAULT_OPSET = 20
+
+# How a graph computes (`Manifest.precision`): float32 throughout, or float16 (`camrt.graph.fp16`).
+FP32 = "fp32"
+FP16 = "fp16"
 
 INPUT = "input"
 CLASS_IDX = "class_idx"
@@ -94,6 +100,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     input_gradient: bool = False  # the graph has the output INPUT_GRADIENT (absent from older manifests)
     maps: tuple[str, ...] = ()  # methods with map heads, in the order they were added (absent from older manifests)
+    precision: str = FP32  # FP32 or FP16 (camrt.graph.fp16); IO types are the same (absent from older manifests)
 
     def layer(self, name: str | None) -> Layer:
         """The target layer called `name`, or the only/last one when `name` is None."""

@@ -21,7 +21,9 @@ from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
-from camrt.graph import PatternNotFound, check_maps, export_passes, run_passes
+from camrt.graph import PatternNotFound, check_maps, export_passes, fp16_passes, run_passes
+from camrt.graph.fp16 import Fp16RangeError
+from camrt.graph.fp16 import check as check_fp16
 from camrt.graph.map_heads import read_manifest
 from camrt.manifest import (
     CLASS_IDX,
@@ -123,10 +125,11 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
     return program.model_proto
 
 
-def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_index: int | None) -> None:
+def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_index: int | None,
+                    ) -> dict[str, np.ndarray]:
     """Run the serialized model, the very bytes that will be written, on a fresh input (another
     batch size and seed than the export example, one explicit class and the rest top-1) and
-    compare with eager autograd."""
+    compare with eager autograd. Returns that input, the feeds of the float16 self-check."""
     from camrt.engine.session import open_session  # the engine owns onnxruntime
 
     n = 2 if manifest.input_shape[0] != 2 else 3
@@ -149,6 +152,25 @@ def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_in
     if problems:
         raise VerificationError("the exported graph disagrees with eager PyTorch on a fresh input: "
                                 + "; ".join(map(str, problems)))
+    return {INPUT: x.numpy(), CLASS_IDX: cls}
+
+
+def _half(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], path: Path) -> tuple[bytes, onnx.ModelProto]:
+    """The verified float32 graph converted to float16 compute (`camrt.graph.fp16`), serialized, and
+    checked on the float32 self-check's input: every tensor that becomes float16 within float16's
+    range when the float32 graph runs, and the float16 file in ONNX Runtime close to the float32
+    graph (loosely: ONNX Runtime's CPU provider computes most float16 operators in float32)."""
+    try:
+        half = run_passes(proto, fp16_passes())
+        data = _serialize(half, path)
+        check_fp16(proto, data, feeds)
+    except Fp16RangeError as e:
+        raise VerificationError(f"{e}; nothing was written") from e
+    except ValueError as e:
+        raise VerificationError(f"the float16 self-check failed: {e}; nothing was written") from e
+    except RuntimeError as e:
+        raise ExportError(f"{e}; nothing was written") from e
+    return data, half
 
 
 def export(
@@ -167,6 +189,7 @@ def export(
     labels: Sequence[str] | None = None,
     input_gradient: bool = False,
     maps: Sequence[str] = (),
+    fp16: bool = False,
 ) -> Manifest:
     """Export `model` to an ONNX file whose outputs are the logits, the used class and, for each
     target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
@@ -196,6 +219,12 @@ def export(
             the backward pass run through the layers before the first target too.
         maps: methods to add map heads for (`camrt.graph.map_heads`: `map.M.L` and `saliency.M`
             computed inside the graph), or "all"; none by default.
+        fp16: write a model whose forward pass computes in float16 (`camrt.graph.fp16`; the
+            gradient branch and map heads stay float32, inputs and outputs keep their types).
+            The float32 graph is verified against PyTorch as always, then converted; the export
+            fails, writing nothing, if a tensor that becomes float16 leaves float16's range on the
+            self-check input or the float16 graph disagrees with the float32 one. The manifest's
+            `precision` says "fp16".
 
     Returns:
         The manifest written into the model.
@@ -279,7 +308,10 @@ def export(
         manifest = read_manifest(proto)  # the map-heads pass recorded them
 
     data = _serialize(proto, path)
-    _check_with_ort(data, model, manifest, output_index)
+    feeds = _check_with_ort(data, model, manifest, output_index)
+    if fp16:
+        data, proto = _half(proto, feeds, path)
+        manifest = read_manifest(proto)  # the pass recorded the precision
     try:
         atomic.write_bytes(path, data)
     except OSError as e:  # os.access above is only a hint (root, read-only mounts); disks fill up

@@ -2,9 +2,10 @@
 
 Every pass returns a new model and leaves its argument untouched. The exporter runs
 `export_passes(...)` (ending with `map_passes(...)` when map heads are asked for, which
-`camrt add-maps` also runs on an exported file); the engine runs `forward_only`, `keep_outputs`
-and `tail` to get cheap sub-graphs (ONNX Runtime computes every node of a graph whatever outputs
-are requested).
+`camrt add-maps` also runs on an exported file), then, for `--fp16`, `fp16_passes()` on the
+verified float32 graph (which `camrt convert --fp16` also runs); the engine runs `forward_only`,
+`keep_outputs` and `tail` to get cheap sub-graphs (ONNX Runtime computes every node of a graph
+whatever outputs are requested).
 
 A pass never finds nothing silently when it had something to find: a rewrite pass checks whether
 the graph calls for its rewrite (`gather_selected_rows`: the logits are a linear layer) and raises
@@ -22,6 +23,7 @@ import onnx
 from camrt.graph._util import PatternNotFound
 from camrt.graph.class_idx import default_class_idx, guard_class_idx
 from camrt.graph.class_select import gather_selected_rows
+from camrt.graph.fp16 import cast_round_trips, fp16_passes, to_fp16
 from camrt.graph.map_heads import add_map_heads, check_maps, map_passes
 from camrt.graph.metadata import attach_manifest
 from camrt.graph.subgraph import forward_only, keep_outputs, tail
@@ -50,4 +52,4 @@ def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()
 
 __all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
            "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows", "add_map_heads",
-           "check_maps", "map_passes"]
+           "check_maps", "map_passes", "to_fp16", "fp16_passes", "cast_round_trips"]
