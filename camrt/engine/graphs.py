@@ -7,7 +7,7 @@ without the gradient branch). Plus `run_chunked`, the one loop that splits a bat
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from camrt.engine.session import open_session
+from camrt.errors import InputError
 from camrt.manifest import INPUT, INPUT_GRADIENT, LOGITS
 
 
@@ -52,18 +53,41 @@ class Tail:
 class Graphs:
     """The sessions one `Engine` runs, each built once: the full graph (opened at construction), and
     on first use the forward-only graph, the forward graph that also returns every target
-    activation, each layer's tail, and the logits + input-gradient graph. Sub-graph sessions never
-    spin: they take turns with each other and with the full graph."""
+    activation, each layer's tail, the logits + input-gradient graph, and the perturbation methods'
+    chunk graphs (`camrt.graph.chunks`). Sub-graph sessions never spin: they take turns with each
+    other and with the full graph.
 
-    def __init__(self, path: str | os.PathLike, device: str, spinning: bool = True) -> None:
+    `chunk_graphs`: whether perturbation methods build their copies inside ONNX Runtime, in a chunk
+    graph (`camrt.graph.chunks`), rather than in numpy: True for every method that has one
+    (`camrt.engine.perturbation.CHUNK_FORMS`), False for none (the numpy copies, as before chunk
+    graphs existed), None (the default) for those measured not slower on the CPU (Score-CAM, and
+    Recipro-CAM with Gaussian masks; docs/benchmarks.md). The maps are the same either way, up to
+    float32 rounding.
+    Set it on an engine's graphs (``engine.graphs.chunk_graphs = False``) to compare the two.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str, spinning: bool = True,
+                 chunk_graphs: bool | None = None) -> None:
         self.path = Path(path)
         self.device = device
+        self.chunk_graphs = chunk_graphs
         self.full: ort.InferenceSession = open_session(self.path, device, spinning=spinning)
         self._proto: onnx.ModelProto | None = None
         self._forward: ort.InferenceSession | None = None
         self._activations: ort.InferenceSession | None = None
         self._input_gradient: ort.InferenceSession | None = None
         self._tails: dict[str, Tail] = {}
+        self._chunks: dict[Hashable, Tail | None] = {}
+
+    @property
+    def chunk_graphs(self) -> bool | None:
+        return self._chunk_graphs
+
+    @chunk_graphs.setter
+    def chunk_graphs(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise InputError(f"chunk_graphs must be True, False or None (the measured default), got {value!r}")
+        self._chunk_graphs = value
 
     def _open(self, model: onnx.ModelProto) -> ort.InferenceSession:
         return open_session(model.SerializeToString(), self.device, spinning=False)
@@ -108,3 +132,22 @@ class Graphs:
             fwd = self._open(forward_only(model, boundary)) if boundary else None
             self._tails[layer] = Tail(self._open(sub), fwd, tuple(boundary))
         return self._tails[layer]
+
+    def chunk_graph(self, key: Hashable,
+                    build: Callable[[onnx.ModelProto], tuple[onnx.ModelProto, Sequence[str]]]) -> Tail | None:
+        """The chunk graph `build(model)` gives (a graph of `camrt.graph.chunks` and the names of the
+        tail's boundary tensors it takes), built once per `key`, as a `Tail` whose session gives the
+        class scores of a chunk's copies; None when the model's opset is older than the chunk graphs
+        need (the caller then builds the copies in numpy)."""
+        if key not in self._chunks:
+            from camrt.graph import forward_only
+            from camrt.graph.chunks import MIN_OPSET, opset
+
+            model = self.proto()
+            if opset(model) < MIN_OPSET:
+                self._chunks[key] = None
+            else:
+                sub, boundary = build(model)
+                fwd = self._open(forward_only(model, list(boundary))) if boundary else None
+                self._chunks[key] = Tail(self._open(sub), fwd, tuple(boundary))
+        return self._chunks[key]
