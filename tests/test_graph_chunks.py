@@ -285,3 +285,15 @@ def test_resnet18_maps_are_the_same_on_both_paths(resnet18_layer4, method: str, 
     for class_idx in (None, 7):
         _, graph, numpy_ = both_paths(path, x, method, options, chunk=16, class_idx=class_idx)
         assert_same_maps(graph, numpy_)
+
+
+def test_engine_takes_the_switch(tmp_path) -> None:
+    """`Engine(..., chunk_graphs=...)` sets its graphs' switch, and a bad value is refused."""
+    from tests.tiny import TinyNet, make
+
+    path = tmp_path / "tiny.cam.onnx"
+    camrt.export(make(TinyNet), None, layers=["layer2"], path=path, input_shape=(1, 3, 32, 32))
+    for value in (True, False, None):
+        assert Engine(path, device="cpu", chunk_graphs=value).graphs.chunk_graphs is value
+    with pytest.raises(InputError):
+        Engine(path, device="cpu", chunk_graphs="yes")

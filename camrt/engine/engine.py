@@ -67,20 +67,23 @@ class Engine:
             for back-to-back runs). Turn it off when other threads share the cores, as in
             `camrt video`, where spinning threads starve the decode and encode threads
             (measured in docs/benchmarks.md).
+        chunk_graphs: whether perturbation methods build their copies inside ONNX Runtime (True),
+            with numpy on the host (False), or per method as measured fastest on the CPU (None; see
+            `Graphs.chunk_graphs`). The maps are the same either way.
 
     The engine is the only place that runs graphs: `Graphs` holds its sessions (the full graph and
     the sub-graphs cut from it), `camrt.engine.perturbation` drives the perturbation methods.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", chunk_size: int = DEFAULT_CHUNK,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, chunk_graphs: bool | None = None) -> None:
         path = Path(model)
         if not path.is_file():
             raise InputError(f"model file '{path}' does not exist")
         self.path = path
         self.chunk_size = positive_int(chunk_size, "chunk_size")
         try:
-            self.graphs = Graphs(path, device, spinning=spinning)
+            self.graphs = Graphs(path, device, spinning=spinning, chunk_graphs=chunk_graphs)
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
