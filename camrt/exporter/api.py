@@ -24,7 +24,7 @@ from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_
 from camrt.graph import PatternNotFound, check_maps, export_passes, fp16_passes, run_passes
 from camrt.graph.fp16 import Fp16RangeError
 from camrt.graph.fp16 import check as check_fp16
-from camrt.graph.map_heads import read_manifest
+from camrt.graph.metadata import read_manifest
 from camrt.manifest import (
     CLASS_IDX,
     CLASS_IDX_USED,

@@ -56,6 +56,7 @@ from onnx import TensorProto, helper, numpy_helper
 from camrt import atomic
 from camrt.errors import InputError
 from camrt.graph._util import copy
+from camrt.graph.metadata import find_manifest, load_camrt_file
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, FP16, INPUT, LOGITS, METADATA_KEY, Manifest
 
 FP16_MAX = 65504.0
@@ -290,13 +291,6 @@ def _to_half(name: str, value: np.ndarray) -> np.ndarray:
     return np.where(tiny, np.copysign(FP16_SMALLEST, value), value).astype(np.float16)
 
 
-def _read_manifest(model: onnx.ModelProto) -> Manifest | None:
-    for p in model.metadata_props:
-        if p.key == METADATA_KEY:
-            return Manifest.from_json(p.value)
-    return None
-
-
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The camrt model `model` computing its forward pass in float16 (see the module docstring),
     with the manifest's `precision` set to "fp16". Its argument is left untouched.
@@ -306,7 +300,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             says so, or it holds float16 tensors), one with nothing to compute in float16.
         Fp16RangeError: a weight beyond float16's range.
     """
-    manifest = _read_manifest(model)
+    manifest = find_manifest(model)
     if manifest is not None and manifest.precision == FP16:
         raise InputError("the model computes in float16 already (its manifest's precision is fp16)")
     g0 = model.graph
@@ -611,19 +605,7 @@ def convert_file(model: str | os.PathLike, output: str | os.PathLike) -> Manifes
             failed write (with its cause).
     """
     src, dst = Path(model), Path(output)
-    if not src.is_file():
-        raise InputError(f"model file '{src}' does not exist")
-    try:
-        proto = onnx.load(src)
-    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise several types for a bad file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise InputError(f"'{src}' is not an ONNX model: {first}") from e
-    try:
-        manifest = _read_manifest(proto)
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"'{src}' has an unreadable camrt manifest: {e}") from e
-    if manifest is None:
-        raise InputError(f"'{src}' has no camrt manifest; export the model with `camrt export` first")
+    proto, manifest = load_camrt_file(src)
     try:
         half = proto
         for p in fp16_passes():

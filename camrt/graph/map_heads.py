@@ -43,6 +43,7 @@ from onnx import TensorProto, helper
 from camrt import atomic
 from camrt.errors import InputError
 from camrt.graph._util import copy
+from camrt.graph.metadata import load_camrt_file, read_manifest
 from camrt.manifest import METADATA_KEY, Manifest, map_name, saliency_name
 from camrt.methods._core import _interpolation_taps  # the one definition of the bilinear taps
 
@@ -228,21 +229,6 @@ def check_maps(methods: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def read_manifest(model: onnx.ModelProto, source: str = "the model") -> Manifest:
-    """The camrt manifest stored in `model`'s metadata.
-
-    Raises:
-        InputError: there is none, or it cannot be read.
-    """
-    for p in model.metadata_props:
-        if p.key == METADATA_KEY:
-            try:
-                return Manifest.from_json(p.value)
-            except (ValueError, KeyError, TypeError) as e:
-                raise InputError(f"{source} has an unreadable camrt manifest: {e}") from e
-    raise InputError(f"{source} has no camrt manifest; export the model with `camrt export` first")
-
-
 def _output(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     for o in graph.output:
         if o.name == name:
@@ -332,15 +318,8 @@ def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str
             head, heads already there, or a failed write (with its cause).
     """
     passes = map_passes(methods)  # checks the names before reading the file
-    src, dst = Path(model), Path(output)
-    if not src.is_file():
-        raise InputError(f"model file '{src}' does not exist")
-    try:
-        proto = onnx.load(src)
-    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise several types for a bad file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise InputError(f"'{src}' is not an ONNX model: {first}") from e
-    read_manifest(proto, f"'{src}'")
+    dst = Path(output)
+    proto, _ = load_camrt_file(model)
     for p in passes:
         proto = p(proto)
     size = proto.ByteSize()
