@@ -18,6 +18,7 @@ from camrt.cli import main
 from camrt.engine import open_session
 from camrt.errors import ModelLoadError
 from camrt.manifest import METADATA_KEY, Manifest
+from tests.cli_checks import assert_one_line_error
 from tests.tiny import TinyNet, assert_matches, eager_cam, inputs, make
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,16 +40,6 @@ def weights(tmp_path, model) -> Path:
 def invoke(*args: str, traceback: bool = False):
     result = CliRunner().invoke(main, (["--traceback"] if traceback else []) + [str(a) for a in args])
     return result
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("camrt: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def test_layers(weights) -> None:

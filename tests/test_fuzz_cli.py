@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from camrt.cli import main, parse_options
 from camrt.errors import CamrtError
 from camrt.methods import METHODS
+from tests.cli_checks import assert_one_line_error
 from tests.test_fuzz_engine import LABELS, LAYERS, SIZE, fuzz_model
 
 K = len(LABELS)
@@ -45,14 +46,6 @@ def files(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 def invoke(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("camrt: error: "), result.stderr
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    return lines[0]
 
 
 # --- option strings ---------------------------------------------------------------------------------------

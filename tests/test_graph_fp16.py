@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -49,9 +47,9 @@ from camrt.graph.fp16 import (
 )
 from camrt.graph.tensorrt import check_tensorrt
 from camrt.manifest import CLASS_IDX, INPUT, METADATA_KEY, Manifest
+from tests.cli_checks import assert_one_line_error, run_without_torch
 from tests.tiny import ResNetty, TinyNet, diverse_inputs, make
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (32, 32)
 LAYERS = ["layer1", "layer2"]
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -431,24 +429,10 @@ def test_tensorrt_check_finds_nothing_new(exported) -> None:
 # --- the command line ---------------------------------------------------------------------------------
 
 
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("camrt: error: "), result.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
-
-
 def test_convert_command_without_torch(exported, tmp_path) -> None:
     """`camrt convert --fp16` in a fresh interpreter: the float16 file, and torch never imported."""
     out = tmp_path / "half.onnx"
-    code = ("import sys; from camrt.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code, "convert", str(exported[0]), "--fp16", "-o", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_without_torch("convert", exported[0], "--fp16", "-o", out)
     assert proc.stdout.strip() == (f"wrote {out}: float16 compute, float32 inputs and outputs, float16 ranges "
                                    "checked")
     converted, exported16 = onnx.load(out), onnx.load(exported[1])
@@ -460,13 +444,13 @@ def test_convert_command_without_torch(exported, tmp_path) -> None:
 def test_convert_errors_are_one_line_and_leave_nothing(exported, tmp_path) -> None:
     out = tmp_path / "out.onnx"
     runner = CliRunner()
-    one_line_error(runner.invoke(main, ["convert", str(exported[0]), "-o", str(out)]), "--fp16")
-    one_line_error(runner.invoke(main, ["convert", str(exported[1]), "--fp16", "-o", str(out)]),
+    assert_one_line_error(runner.invoke(main, ["convert", str(exported[0]), "-o", str(out)]), "--fp16")
+    assert_one_line_error(runner.invoke(main, ["convert", str(exported[1]), "--fp16", "-o", str(out)]),
                    "computes in float16 already")
     plain = tmp_path / "plain.onnx"
     onnx.save(text_model(), plain)
-    one_line_error(runner.invoke(main, ["convert", str(plain), "--fp16", "-o", str(out)]), "no camrt manifest")
-    one_line_error(runner.invoke(main, ["convert", str(tmp_path / "missing.onnx"), "--fp16", "-o", str(out)]),
+    assert_one_line_error(runner.invoke(main, ["convert", str(plain), "--fp16", "-o", str(out)]), "no camrt manifest")
+    assert_one_line_error(runner.invoke(main, ["convert", str(tmp_path / "missing.onnx"), "--fp16", "-o", str(out)]),
                    "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx"]
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +30,9 @@ from camrt.graph import add_map_heads, export_passes, map_passes, run_passes
 from camrt.graph.map_heads import FUSION, HEAD_METHODS, HEADS, add_maps, check_maps
 from camrt.manifest import METADATA_KEY, Layer, Manifest, map_name, saliency_name
 from camrt.methods import METHODS, fuse, normalize, upsample
+from tests.cli_checks import assert_one_line_error, run_without_torch
 from tests.tiny import TinyNet, diverse_inputs, make
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (32, 32)
 LAYERS = ["layer1", "layer2"]
 TOL = 1e-5
@@ -399,24 +397,10 @@ def test_manifest_names_and_older_manifests() -> None:
 # --- the command line -------------------------------------------------------------------------------
 
 
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("camrt: error: "), result.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
-
-
 def test_add_maps_command_without_torch(exported, tmp_path) -> None:
     """`camrt add-maps` in a fresh interpreter: it writes the heads and never imports torch."""
     out = tmp_path / "with_maps.onnx"
-    code = ("import sys; from camrt.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code, "add-maps", str(exported[0]), "--maps", "layercam, hirescam",
-                           "-o", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_without_torch("add-maps", exported[0], "--maps", "layercam, hirescam", "-o", out)
     assert proc.stdout.strip() == f"wrote {out}: map heads gradcam, layercam, hirescam"
     assert Engine(out, device="cpu").manifest.maps == ("gradcam", "layercam", "hirescam")
 
@@ -437,7 +421,7 @@ def test_add_maps_in_place(exported, tmp_path) -> None:
 ])
 def test_add_maps_errors_are_one_line_and_leave_nothing(exported, tmp_path, maps, fragments) -> None:
     out = tmp_path / "out.onnx"
-    one_line_error(CliRunner().invoke(main, ["add-maps", str(exported[0]), "--maps", maps, "-o", str(out)]),
+    assert_one_line_error(CliRunner().invoke(main, ["add-maps", str(exported[0]), "--maps", maps, "-o", str(out)]),
                    *fragments)
     assert list(tmp_path.iterdir()) == []
 
@@ -446,17 +430,18 @@ def test_add_maps_file_errors(tmp_path) -> None:
     plain = tmp_path / "plain.onnx"
     plain.write_bytes(hand_model(manifest=None).SerializeToString())
     runner = CliRunner()
-    one_line_error(runner.invoke(main, ["add-maps", str(plain), "--maps", "gradcam", "-o", str(tmp_path / "o.onnx")]),
-                   f"'{plain}' has no camrt manifest")
-    one_line_error(runner.invoke(main, ["add-maps", str(tmp_path / "missing.onnx"), "--maps", "gradcam", "-o",
+    o = str(tmp_path / "o.onnx")
+    assert_one_line_error(runner.invoke(main, ["add-maps", str(plain), "--maps", "gradcam", "-o", o]),
+                          f"'{plain}' has no camrt manifest")
+    assert_one_line_error(runner.invoke(main, ["add-maps", str(tmp_path / "missing.onnx"), "--maps", "gradcam", "-o",
                                         str(tmp_path / "o.onnx")]), "does not exist")
     text = tmp_path / "notes.onnx"
     text.write_text("not a model")
-    one_line_error(runner.invoke(main, ["add-maps", str(text), "--maps", "gradcam", "-o", str(tmp_path / "o.onnx")]),
-                   "is not an ONNX model")
+    assert_one_line_error(runner.invoke(main, ["add-maps", str(text), "--maps", "gradcam", "-o", o]),
+                          "is not an ONNX model")
     good = tmp_path / "hand.onnx"
     good.write_bytes(hand_model().SerializeToString())
-    one_line_error(runner.invoke(main, ["add-maps", str(good), "--maps", "gradcam", "-o",
+    assert_one_line_error(runner.invoke(main, ["add-maps", str(good), "--maps", "gradcam", "-o",
                                         str(tmp_path / "nowhere" / "o.onnx")]), "cannot write", "No such file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hand.onnx", "notes.onnx", "plain.onnx"]
 
@@ -467,7 +452,7 @@ def test_export_command_with_maps(tmp_path, model) -> None:
     arch = ["--arch", "tests.tiny:TinyNet", "--input-shape", "1,3,32,32", "--layer", "layer2"]
     out = tmp_path / "m.onnx"
     bad = CliRunner().invoke(main, ["export", str(weights), *arch, "--maps", "gradcam,rise", "-o", str(out)])
-    one_line_error(bad, "no map head for method 'rise'", "methods with heads")
+    assert_one_line_error(bad, "no map head for method 'rise'", "methods with heads")
     assert not out.exists()
     result = CliRunner().invoke(main, ["export", str(weights), *arch, "--maps", "gradcam,layercam", "-o", str(out)])
     assert result.exit_code == 0, result.output

@@ -19,6 +19,7 @@ import camrt
 from camrt import video
 from camrt.cli import main
 from camrt.visual import videoio
+from tests.cli_checks import assert_one_line_error
 from tests.test_visual_video import COUNT, FPS, LABELS, H, W, moving_square, read_video, write_video
 from tests.tiny import TinyNet, make
 
@@ -40,14 +41,6 @@ def clip(tmp_path) -> Path:
 
 def invoke(*args) -> object:
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, exit_code: int = 2) -> str:
-    assert result.exit_code == exit_code, (result.output, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("camrt: error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_video_writes_the_explained_clip_and_a_summary(model_path, clip, tmp_path) -> None:
@@ -112,7 +105,7 @@ def test_method_options_and_seed_reach_the_method(model_path, clip, tmp_path) ->
 ])
 def test_bad_options_are_one_line(model_path, clip, tmp_path, args, match) -> None:
     result = invoke("video", model_path, clip, *(a.format(tmp=tmp_path) for a in args))
-    line = one_error_line(result)
+    line = assert_one_line_error(result)
     assert re.search(match, line), line
 
 
@@ -125,7 +118,7 @@ def test_bad_options_are_one_line(model_path, clip, tmp_path, args, match) -> No
 def test_bad_sources_are_one_line(model_path, tmp_path, source, match) -> None:
     (tmp_path / "notes.txt").write_text("not a video")
     result = invoke("video", model_path, source.format(tmp=tmp_path), "-o", tmp_path / "o.mp4", "--timeout", "2")
-    assert match in one_error_line(result)
+    assert match in assert_one_line_error(result)
 
 
 def test_show_without_a_gui_build_is_one_line(model_path, clip) -> None:
@@ -135,7 +128,7 @@ def test_show_without_a_gui_build_is_one_line(model_path, clip) -> None:
         pytest.skip("this OpenCV build has a GUI")
     except cv2.error:
         pass
-    assert "needs OpenCV with GUI support" in one_error_line(invoke("video", model_path, clip, "--show"))
+    assert "needs OpenCV with GUI support" in assert_one_line_error(invoke("video", model_path, clip, "--show"))
 
 
 def test_ctrl_c_keeps_a_playable_file_and_exits_130(model_path, clip, tmp_path, monkeypatch) -> None:
