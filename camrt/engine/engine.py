@@ -18,6 +18,7 @@ from camrt.engine.preprocess import check_batch, preprocess
 from camrt.errors import InputError
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest, map_name, saliency_name
 from camrt.methods import Method, Options, SampleContext, fuse, get_method, normalize, softmax, upsample
+from camrt.methods.gradient import check_pooled_head
 
 logger = logging.getLogger("camrt")
 
@@ -222,7 +223,7 @@ class Engine:
         head = map_name(spec.name, layers[0]) if spec.name in self.manifest.maps and len(layers) == 1 else None
         if head is not None and head in out:
             if spec.name == "cam":  # its check (a gradient constant over each map) cannot fail inside the graph
-                spec.map(out[self.manifest.layer(layers[0]).activation], out[self.manifest.layer(layers[0]).gradient])
+                check_pooled_head(out[self.manifest.layer(layers[0]).gradient])
             maps.append(out[head])
             if layers[0] == self.manifest.layers[-1].name:
                 saliency = out.get(saliency_name(spec.name))

@@ -42,6 +42,19 @@ def cam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
             i.e. the layer is not followed by a global-average-pool → linear head.
     """
     check_pair(activation, gradient)
+    check_pooled_head(gradient)
+    n, c = gradient.shape[:2]
+    return relu(combine(gradient.reshape(n, c, -1).sum(axis=2), activation))
+
+
+def check_pooled_head(gradient: np.ndarray) -> None:
+    """CAM's condition: the gradient ``(N, C, h, w)`` is constant over each channel's map (within
+    `CONSTANT_GRADIENT_RTOL` of its largest magnitude per image), as after a global-average-pool →
+    linear head. The engine also calls it when CAM's map comes from a map head, which cannot raise.
+
+    Raises:
+        InputError: the gradient varies over the map: the layer is not followed by such a head.
+    """
     n, c = gradient.shape[:2]
     flat = gradient.reshape(n, c, -1)
     spread = np.abs(flat - flat.mean(axis=2, keepdims=True)).max(axis=(1, 2))
@@ -49,7 +62,6 @@ def cam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
     if np.any(spread > CONSTANT_GRADIENT_RTOL * scale):
         raise InputError("CAM needs a global-average-pool → linear head right after the target layer (the gradient "
                          "varies over the feature map); pick a layer followed by such a head, or use gradcam")
-    return relu(combine(flat.sum(axis=2), activation))
 
 
 def gradcam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
