@@ -14,7 +14,7 @@ import numpy as np
 from camrt.checks import non_negative_int, positive_int
 from camrt.engine.graphs import Graphs, run_chunked
 from camrt.engine.perturbation import perturbation_map
-from camrt.engine.preprocess import check_batch, preprocess
+from camrt.engine.preprocess import check_batch, images_text, nonfinite_images, preprocess
 from camrt.errors import InputError
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest, map_name, saliency_name
 from camrt.methods import Method, Options, SampleContext, fuse, get_method, normalize, softmax, upsample
@@ -160,9 +160,9 @@ class Engine:
             activations = [la.activation for la in self.manifest.layers]
             out = run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size, [LOGITS, *activations])
             out[CLASS_IDX_USED] = np.where(cls == -1, out[LOGITS].argmax(axis=1), cls)
-        bad = _nonfinite_images(*(v for v in out.values() if v.dtype.kind == "f"))
+        bad = nonfinite_images(*(v for v in out.values() if v.dtype.kind == "f"))
         if bad:  # a finite input can still overflow float32 inside the model (values near 3.4e38)
-            raise InputError(f"the model's outputs hold NaN or infinite values for {_images(bad)}: its float32 "
+            raise InputError(f"the model's outputs hold NaN or infinite values for {images_text(bad)}: its float32 "
                              f"arithmetic overflowed (the input's largest magnitude is {float(np.abs(x).max()):.3g}); "
                              "check the preprocessing that produced the input")
         return Pass(x, out, time.perf_counter() - t0)
@@ -235,9 +235,9 @@ class Engine:
                 maps.append(spec.map(a, g))
             else:
                 maps.append(spec.map(a, g, *samples[la]))
-        bad = _nonfinite_images(*maps)
+        bad = nonfinite_images(*maps)
         if bad:  # the method's copies or its own arithmetic overflowed float32
-            raise InputError(f"method '{spec.name}' gave NaN or infinite values for {_images(bad)} with options "
+            raise InputError(f"method '{spec.name}' gave NaN or infinite values for {images_text(bad)} with options "
                              f"{opts.as_dict()}: float32 overflowed; use smaller option values (or a smaller input)")
         size = self.input_size
         if saliency is None and len(maps) == 1:
@@ -285,14 +285,14 @@ class Engine:
         copies = spec.samples(SampleContext(x, np.random.default_rng(seed), black), options)
         n, s = copies.shape[:2]
         # Copies of noise sigma=inf are all infinite, yet their map comes out finite (and meaningless).
-        bad = _nonfinite_images(copies)
+        bad = nonfinite_images(copies)
         t0 = time.perf_counter()
         if not bad:
             out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s))
-            bad = _nonfinite_images(*(v.reshape(n, -1) for v in out.values() if v.dtype.kind == "f"))
+            bad = nonfinite_images(*(v.reshape(n, -1) for v in out.values() if v.dtype.kind == "f"))
         if bad:
             raise InputError(f"method '{spec.name}' gave copies or outputs with NaN or infinite values for "
-                             f"{_images(bad)} with options {options.as_dict()}: float32 overflowed; use smaller "
+                             f"{images_text(bad)} with options {options.as_dict()}: float32 overflowed; use smaller "
                              "option values")
         elapsed = time.perf_counter() - t0
         result = {}
@@ -300,20 +300,3 @@ class Engine:
             a, g = out[self.manifest.layer(la).activation], out[self.manifest.layer(la).gradient]
             result[la] = (a.reshape(n, s, *a.shape[1:]), g.reshape(n, s, *g.shape[1:]))
         return result, elapsed
-
-
-def _nonfinite_images(*arrays: np.ndarray) -> list[int]:
-    """The images (indices along the first axis, shared by `arrays`) where any array holds NaN or an
-    infinity. A float64 sum of float32 values cannot overflow, so one sum per array clears the
-    common case without a full-size temporary."""
-    bad = np.zeros(len(arrays[0]) if arrays else 0, bool)
-    with np.errstate(invalid="ignore"):  # inf + -inf in the sum is NaN, which is what we look for
-        for a in arrays:
-            if not np.isfinite(a.sum(dtype=np.float64)):
-                bad |= ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
-    return np.flatnonzero(bad).tolist()
-
-
-def _images(indices: list[int]) -> str:
-    shown = ", ".join(map(str, indices[:5])) + (", ..." if len(indices) > 5 else "")
-    return f"image{'s' if len(indices) > 1 else ''} {shown}"

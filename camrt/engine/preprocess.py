@@ -230,9 +230,26 @@ def check_batch(x: np.ndarray, expected_chw: tuple[int, int, int]) -> np.ndarray
         raise InputError(f"a preprocessed batch must be float32, got {x.dtype}; convert it with x.astype(np.float32)")
     if x.shape[0] == 0:
         raise InputError("no images given")
-    if not np.isfinite(x.sum(dtype=np.float64)):  # float64 cannot overflow on float32 values: NaN/inf only
-        bad = [i for i in range(x.shape[0]) if not np.isfinite(x[i]).all()]
-        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-        raise InputError(f"the batch has NaN or infinite values (image{'s' if len(bad) > 1 else ''} {shown}); "
+    bad = nonfinite_images(x)
+    if bad:
+        raise InputError(f"the batch has NaN or infinite values ({images_text(bad)}); "
                          "check the preprocessing that produced it (e.g. a zero std, or a division by zero)")
     return x
+
+
+def nonfinite_images(*arrays: np.ndarray) -> list[int]:
+    """The images (indices along the first axis, shared by `arrays`) where any array holds NaN or an
+    infinity. A float64 sum of float32 values cannot overflow, so one sum per array clears the
+    common case without a full-size temporary."""
+    bad = np.zeros(len(arrays[0]) if arrays else 0, bool)
+    with np.errstate(invalid="ignore"):  # inf + -inf in the sum is NaN, which is what we look for
+        for a in arrays:
+            if not np.isfinite(a.sum(dtype=np.float64)):
+                bad |= ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    return np.flatnonzero(bad).tolist()
+
+
+def images_text(indices: list[int]) -> str:
+    """'image 3' or 'images 0, 2, ...' (at most five shown), for error messages."""
+    shown = ", ".join(map(str, indices[:5])) + (", ..." if len(indices) > 5 else "")
+    return f"image{'s' if len(indices) > 1 else ''} {shown}"
