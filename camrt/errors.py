@@ -28,3 +28,9 @@ class VerificationError(ExportError):
 
 class InputError(CamrtError):
     """An argument or run-time input is invalid (shape, class index, path, option)."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of `error`'s message, at most `limit` characters (its type's name when it has
+    no message): how a third-party exception is quoted inside a camrt one-line error."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

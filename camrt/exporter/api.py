@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from camrt import __version__, atomic
-from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, VerificationError
+from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, VerificationError, first_line
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
@@ -141,7 +141,7 @@ def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_in
         names = [o.name for o in sess.get_outputs()]
         got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls}), strict=True))
     except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        first = first_line(e)
         raise ExportError(f"ONNX Runtime cannot run the exported graph for its self-check (opset {manifest.opset}): "
                           f"{first}") from e
     layers = [la.name for la in manifest.layers]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError
+from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, first_line
 from camrt.exporter.fx_passes import simplify
 from camrt.exporter.rules import backward_decompositions
 
@@ -143,7 +143,7 @@ def survey(model: nn.Module, example: torch.Tensor) -> dict[str, LayerRecord]:
             raise InputError(f"input shape {shape} has {shape[1]} channels but the model takes {wanted} (its first "
                              f"convolution '{name}' has in_channels={wanted}); pass --input-shape N,{wanted},H,W"
                              ) from e
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        first = first_line(e)
         raise InputError(f"the model rejects an input of shape {shape}: {first}. "
                          "Pass the shape it expects with --input-shape N,C,H,W") from e
     finally:

@@ -58,7 +58,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from camrt import atomic
-from camrt.errors import InputError
+from camrt.errors import InputError, first_line
 from camrt.graph._util import copy
 from camrt.graph.metadata import find_manifest, load_camrt_file
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, FP16, INPUT, LOGITS, METADATA_KEY, Manifest
@@ -577,7 +577,7 @@ def check(model: onnx.ModelProto, half: bytes, feeds: Mapping[str, np.ndarray]) 
         sess = open_session(half, device="cpu")
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, dict(feeds)), strict=True))
     except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        first = first_line(e)
         raise RuntimeError(f"ONNX Runtime's CPU provider cannot run the float16 graph: {first}") from e
     problems = compare(got, {o.name: ref[o.name] for o in model.graph.output})
     if problems:

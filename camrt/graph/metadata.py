@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from camrt.errors import InputError
+from camrt.errors import InputError, first_line
 from camrt.graph._util import copy
 from camrt.manifest import METADATA_KEY, Manifest
 
@@ -63,6 +63,6 @@ def load_camrt_file(path: str | os.PathLike) -> tuple[onnx.ModelProto, Manifest]
     try:
         proto = onnx.load(src)
     except Exception as e:  # noqa: BLE001 - protobuf and onnx raise several types for a bad file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         raise InputError(f"'{src}' is not an ONNX model: {first}") from e
     return proto, read_manifest(proto, f"'{src}'")
