@@ -276,7 +276,7 @@ def test_explain_pass_serves_several_methods_from_one_run(engine, x, monkeypatch
     expected = {m: engine.explain(x, m, layer="layer1") for m in methods}  # one run each
     calls = []
     original = engine.run
-    monkeypatch.setattr(engine, "run", lambda batch, cls: calls.append(len(batch)) or original(batch, cls))
+    monkeypatch.setattr(engine, "run", lambda batch, cls, *h: calls.append(len(batch)) or original(batch, cls, *h))
     p = engine.forward(x)
     assert calls == [5]
     for m in methods:

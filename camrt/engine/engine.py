@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from camrt.checks import non_negative_int, positive_int
+from camrt.engine.binding import Binder, FixedBatch, Outputs
 from camrt.engine.graphs import Graphs, run_chunked
 from camrt.engine.perturbation import perturbation_map
 from camrt.engine.preprocess import check_batch, images_text, nonfinite_images, preprocess
-from camrt.errors import InputError
+from camrt.engine.session import open_session
+from camrt.errors import InputError, first_line
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest, map_name, saliency_name
 from camrt.methods import Method, Options, SampleContext, fuse, get_method, normalize, softmax, upsample
 from camrt.methods.gradient import check_pooled_head
@@ -51,7 +53,7 @@ class Pass:
     """The outputs of one run of the full graph on a preprocessed batch `x`."""
 
     x: np.ndarray
-    outputs: dict[str, np.ndarray]
+    outputs: Mapping[str, np.ndarray]  # with IO binding, what stayed on the device is copied on first read
     seconds: float
 
 
@@ -60,8 +62,11 @@ class Engine:
 
     Args:
         model: path of the .onnx file.
-        device: "auto" (CUDA when onnxruntime-gpu finds a GPU, else CPU), "cpu" or "cuda" (falls
-            back to CPU with a logged warning when CUDA is unavailable).
+        device: "auto" (CUDA when onnxruntime-gpu finds a GPU, else CPU), "cpu", "cuda" (falls
+            back to CPU with a logged warning when CUDA is unavailable) or "openvino" (ONNX
+            Runtime's OpenVINO execution provider, from `camrt[openvino]`; an error without it).
+        precision: None (float32), or with device "openvino" "bf16" (CPUs with native bfloat16)
+            or "f16" (Intel GPUs): `camrt.engine.session.providers_for`.
         chunk_size: at most this many rows (images, or images × copies for sampled methods) go
             through one `session.run`; larger batches are split, with identical results.
         spinning: let ONNX Runtime's worker threads spin after a run (its default: lowest latency
@@ -71,20 +76,31 @@ class Engine:
         chunk_graphs: whether perturbation methods build their copies inside ONNX Runtime (True),
             with numpy on the host (False), or per method as measured fastest on the CPU (None; see
             `Graphs.chunk_graphs`). The maps are the same either way.
+        io_binding: device-resident runs (`camrt.engine.binding`): the image and activation that a
+            perturbation method's chunk graphs read are uploaded once per image, and of a run's
+            outputs only those read come to the host (a map head's map, not the activations and
+            gradients it was computed from). None (the default): on with the CUDA provider, off on
+            the CPU, where it changes nothing but costs a little; the results are the same.
+        cuda_graphs: capture the full graph's run in a CUDA graph and replay it (ONNX Runtime's
+            `enable_cuda_graph`): less launch overhead per run for small batches. Needs the CUDA
+            provider with every node on it (no Memcpy nodes) and fixed shapes: every run of the full
+            graph is then `chunk_size` rows, smaller batches padded (same results). Perturbation
+            sub-graphs run without it. Refused when the engine does not run on CUDA.
 
     The engine is the only place that runs graphs: `Graphs` holds its sessions (the full graph and
     the sub-graphs cut from it), `camrt.engine.perturbation` drives the perturbation methods.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", chunk_size: int = DEFAULT_CHUNK,
-                 spinning: bool = True, chunk_graphs: bool | None = None) -> None:
+                 spinning: bool = True, chunk_graphs: bool | None = None, io_binding: bool | None = None,
+                 cuda_graphs: bool = False, precision: str | None = None) -> None:
         path = Path(model)
         if not path.is_file():
             raise InputError(f"model file '{path}' does not exist")
         self.path = path
         self.chunk_size = positive_int(chunk_size, "chunk_size")
         try:
-            self.graphs = Graphs(path, device, spinning=spinning, chunk_graphs=chunk_graphs)
+            self.graphs = Graphs(path, device, spinning=spinning, chunk_graphs=chunk_graphs, precision=precision)
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
@@ -100,6 +116,25 @@ class Engine:
         self.provider: str = self._session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             logger.warning("CUDA was asked for but is not available to onnxruntime; running on %s", self.provider)
+        on_cuda = self.provider == "CUDAExecutionProvider"
+        if io_binding is not None and not isinstance(io_binding, bool):
+            raise InputError(f"io_binding must be True, False or None (on with CUDA), got {io_binding!r}")
+        if io_binding or (io_binding is None and on_cuda):
+            self.graphs.binder = Binder("cuda" if on_cuda else "cpu")
+        self._fixed: FixedBatch | None = None
+        if not isinstance(cuda_graphs, bool):
+            raise InputError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
+        if cuda_graphs:
+            if not on_cuda:
+                raise InputError(f"cuda_graphs=True needs the CUDA execution provider, and this engine runs on "
+                                 f"{self.provider} (device='{device}'); leave cuda_graphs off, or install "
+                                 "onnxruntime-gpu on a machine with an NVIDIA GPU")
+            try:
+                session = open_session(path, device, spinning=spinning, cuda_graph=True)
+                self._fixed = FixedBatch(session, self.chunk_size, self.graphs.binder or Binder("cuda"))
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own types
+                raise InputError(f"'{path.name}' cannot run as a CUDA graph: {first_line(e)}; CUDA graphs need "
+                                 "every node on the CUDA provider and static shapes; leave cuda_graphs off") from e
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -141,26 +176,40 @@ class Engine:
                              "-1 means the top-1 class")
         return c
 
-    def run(self, x: np.ndarray, class_idx: np.ndarray) -> dict[str, np.ndarray]:
-        """All graph outputs for a batch, in chunks of `chunk_size` rows."""
-        return run_chunked(self._session, {INPUT: x, CLASS_IDX: class_idx}, self.chunk_size)
+    def run(self, x: np.ndarray, class_idx: np.ndarray,
+            host: Collection[str] | None = None) -> Mapping[str, np.ndarray]:
+        """All graph outputs for a batch, in chunks of `chunk_size` rows. With IO binding, those in
+        `host` (None: all) are copied to the host at once, the others when first read."""
+        feeds = {INPUT: x, CLASS_IDX: class_idx}
+        if self._fixed is not None:
+            runs = [self._fixed.run({k: v[s:s + self.chunk_size] for k, v in feeds.items()})
+                    for s in range(0, len(x), self.chunk_size)]
+            return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+        return run_chunked(self._session, feeds, self.chunk_size, binder=self.graphs.binder, host=host)
 
     def forward(self, images: np.ndarray | Sequence[np.ndarray],
-                class_idx: int | Sequence[int] | np.ndarray | None = None, gradient: bool = True) -> Pass:
+                class_idx: int | Sequence[int] | np.ndarray | None = None, gradient: bool = True,
+                host: Collection[str] | None = None) -> Pass:
         """One run of the full graph: logits, classes, activations and gradients of every layer.
         Any number of methods can then be computed from it with `explain_pass`. With
         `gradient=False` the run skips the gradient branch (a forward-only graph), which is all
-        that methods without gradients need."""
+        that methods without gradients need. With IO binding (`Engine(io_binding=...)`), `host`
+        names the outputs to copy to the host at once (None: all; the logits always); the others
+        stay on the device until read from `Pass.outputs`."""
         x = self.prepare(images)
         cls = self.check_class_idx(class_idx, len(x))
+        host = None if host is None else {LOGITS, CLASS_IDX_USED, *host}
         t0 = time.perf_counter()
         if gradient:
-            out = self.run(x, cls)
+            out = self.run(x, cls, host)
         else:
             activations = [la.activation for la in self.manifest.layers]
-            out = run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size, [LOGITS, *activations])
+            out = run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size, [LOGITS, *activations],
+                              binder=self.graphs.binder, host=host)
             out[CLASS_IDX_USED] = np.where(cls == -1, out[LOGITS].argmax(axis=1), cls)
-        bad = nonfinite_images(*(v for v in out.values() if v.dtype.kind == "f"))
+        # What stayed on the device is not read here: a NaN there shows in the map computed from it.
+        copied = out.on_host() if isinstance(out, Outputs) else list(out)
+        bad = nonfinite_images(*(out[k] for k in copied if out[k].dtype.kind == "f"))
         if bad:  # a finite input can still overflow float32 inside the model (values near 3.4e38)
             raise InputError(f"the model's outputs hold NaN or infinite values for {images_text(bad)}: its float32 "
                              f"arithmetic overflowed (the input's largest magnitude is {float(np.abs(x).max()):.3g}); "
@@ -192,11 +241,19 @@ class Engine:
                 e.g. ``n=8`` for SS-CAM.
         """
         spec = get_method(method)  # fail before running the model
-        self.resolve_layers(layer)
+        layers = self.resolve_layers(layer)
         non_negative_int(seed, "seed")
         opts = self.configure(spec, options)
-        return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient), method, layer, seed,
-                                 progress, options=opts)
+        head = self._head(spec, layers)
+        # With a map head only the map (and CAM's gradient, for its check) need to leave the device.
+        host = None if head is None else [head, saliency_name(spec.name),
+                                          *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
+        return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient, host=host), method,
+                                 layer, seed, progress, options=opts)
+
+    def _head(self, spec: Method, layers: Sequence[str]) -> str | None:
+        """The output of the map head (`camrt add-maps`) that computes `spec`'s map of `layers`, if any."""
+        return map_name(spec.name, layers[0]) if spec.name in self.manifest.maps and len(layers) == 1 else None
 
     def explain_pass(self, p: Pass, /, method: str = "gradcam", layer: str | Sequence[str] | None = None,
                      seed: int = 0, progress: Callable[[int, int], None] | None = None,
@@ -220,7 +277,7 @@ class Engine:
         t1 = time.perf_counter()
         maps, saliency = [], None
         # A map head (`camrt add-maps`) computed the map in the graph run, and for the last layer its saliency.
-        head = map_name(spec.name, layers[0]) if spec.name in self.manifest.maps and len(layers) == 1 else None
+        head = self._head(spec, layers)
         if head is not None and head in out:
             if spec.name == "cam":  # its check (a gradient constant over each map) cannot fail inside the graph
                 check_pooled_head(out[self.manifest.layer(layers[0]).gradient])

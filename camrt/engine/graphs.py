@@ -7,7 +7,7 @@ without the gradient branch). Plus `run_chunked`, the one loop that splits a bat
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,19 +15,29 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from camrt.engine.binding import Binder, Outputs
 from camrt.engine.session import open_session
 from camrt.errors import InputError
 from camrt.manifest import INPUT, INPUT_GRADIENT, LOGITS
 
 
 def run_chunked(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], chunk: int,
-                names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                names: Sequence[str] | None = None, binder: Binder | None = None,
+                host: Collection[str] | None = None) -> Mapping[str, np.ndarray]:
     """`session`'s outputs `names` (None: all) for `feeds`, run `chunk` rows at a time: every feed
     is split along its first axis and the outputs are concatenated, so the result is the same for
-    any chunk size and memory grows with the chunk, not with the batch."""
+    any chunk size and memory grows with the chunk, not with the batch.
+
+    With a `binder` (IO binding), the outputs in `host` (None: all) come to the host at once; the
+    others stay on the device, per chunk, until read from the returned `Outputs`."""
     names = [o.name for o in session.get_outputs()] if names is None else list(names)
     rows = len(next(iter(feeds.values())))
-    parts = [session.run(names, {k: v[s:s + chunk] for k, v in feeds.items()}) for s in range(0, max(rows, 1), chunk)]
+    starts = range(0, max(rows, 1), chunk)
+    if binder is not None:
+        keep = names if host is None else [n for n in names if n in host]
+        runs = [binder.run(session, {k: v[s:s + chunk] for k, v in feeds.items()}, names, keep) for s in starts]
+        return Outputs({name: [r[name] for r in runs] for name in names})
+    parts = [session.run(names, {k: v[s:s + chunk] for k, v in feeds.items()}) for s in starts]
     if len(parts) == 1:
         return dict(zip(names, parts[0], strict=True))
     return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
@@ -64,20 +74,24 @@ class Graphs:
     Recipro-CAM with Gaussian masks; docs/benchmarks.md). The maps are the same either way, up to
     float32 rounding.
     Set it on an engine's graphs (``engine.graphs.chunk_graphs = False``) to compare the two.
+
+    `binder`: None, or the `camrt.engine.binding.Binder` that runs the sessions with IO binding.
     """
 
     def __init__(self, path: str | os.PathLike, device: str, spinning: bool = True,
-                 chunk_graphs: bool | None = None) -> None:
+                 chunk_graphs: bool | None = None, precision: str | None = None) -> None:
         self.path = Path(path)
         self.device = device
+        self.precision = precision
         self.chunk_graphs = chunk_graphs
-        self.full: ort.InferenceSession = open_session(self.path, device, spinning=spinning)
+        self.full: ort.InferenceSession = open_session(self.path, device, spinning=spinning, precision=precision)
         self._proto: onnx.ModelProto | None = None
         self._forward: ort.InferenceSession | None = None
         self._activations: ort.InferenceSession | None = None
         self._input_gradient: ort.InferenceSession | None = None
         self._tails: dict[str, Tail] = {}
         self._chunks: dict[Hashable, Tail | None] = {}
+        self.binder: Binder | None = None  # set by the engine for device-resident runs (IO binding)
 
     @property
     def chunk_graphs(self) -> bool | None:
@@ -90,7 +104,7 @@ class Graphs:
         self._chunk_graphs = value
 
     def _open(self, model: onnx.ModelProto) -> ort.InferenceSession:
-        return open_session(model.SerializeToString(), self.device, spinning=False)
+        return open_session(model.SerializeToString(), self.device, spinning=False, precision=self.precision)
 
     def proto(self) -> onnx.ModelProto:
         """The model file as a ModelProto, read once for all the sub-graphs cut from it."""

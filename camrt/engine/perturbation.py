@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
+from camrt.engine.binding import Binder
 from camrt.engine.graphs import Graphs
 from camrt.graph import ablationcam_chunks, reciprocam_chunks, scorecam_chunks
 from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, POSITIONS, SCORES
@@ -121,6 +123,14 @@ def chunk_form(method: Method, options: Options, chunk_graphs: bool | None) -> C
     return form
 
 
+def run_scores(session: ort.InferenceSession, feeds: dict[str, np.ndarray | ort.OrtValue],
+               binder: Binder | None) -> np.ndarray:
+    """A chunk graph's class scores for `feeds` (with a `binder`, some may be OrtValues on the device)."""
+    if binder is None:
+        return session.run([SCORES], feeds)[0]
+    return binder.run(session, feeds, [SCORES], [SCORES])[SCORES]
+
+
 def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.ndarray,
                      outputs: dict[str, np.ndarray], layer: str, chunk: int, seed: int,
                      progress: Progress | None = None) -> np.ndarray:
@@ -159,6 +169,8 @@ def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.nda
             fixed = {ACTIVATION: a[None], CLASS: np.asarray(used[n], np.int64), **crossing}
             if takes_image:
                 fixed[INPUT] = x[n:n + 1]
+            if graphs.binder is not None:  # device-resident: uploaded once, read by every chunk
+                fixed = {k: graphs.binder.upload(v) for k, v in fixed.items()}
             explore = form.explore(ctx, options)
         else:
             explore = method.explore(ctx, options)
@@ -167,7 +179,7 @@ def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.nda
             batch = next(explore)
             while True:
                 if chunks is not None:
-                    reply = session.run([SCORES], {**fixed, form.rows: batch})[0]
+                    reply = run_scores(session, {**fixed, form.rows: batch}, graphs.binder)
                 else:
                     feed = {feed_name: batch, **{k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()}}
                     if method.input_gradient:

@@ -152,14 +152,19 @@ def check_started(session: ort.InferenceSession, providers: Sequence[str | tuple
 
 
 def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning: bool = True,
-                 precision: str | None = None) -> ort.InferenceSession:
+                 precision: str | None = None, cuda_graph: bool = False) -> ort.InferenceSession:
     """An inference session on `model` (a path or serialized bytes), errors only in ORT's log.
 
     `spinning=False` stops the session's worker threads from spinning after a run: sessions that
     take turns (the perturbation methods' sub-graphs) would otherwise fight over the cores
     (the figures are in docs/benchmarks.md, Recipro-CAM).
-    `precision`: None, or "bf16"/"f16" with device "openvino" (`providers_for`)."""
+    `precision`: None, or "bf16"/"f16" with device "openvino" (`providers_for`).
+    `cuda_graph=True`: the CUDA provider captures the first runs in a CUDA graph and replays it
+    (its `enable_cuda_graph`; runs must then go through IO binding at fixed addresses:
+    `camrt.engine.binding.FixedBatch`). No effect when the session does not run on CUDA."""
     providers = providers_for(device, precision)
+    if cuda_graph and providers[0] == "CUDAExecutionProvider":
+        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), *providers[1:]]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # the default-class_idx initializer warning is expected
     if not spinning:
