@@ -151,3 +151,29 @@ def test_cuda_graphs_without_cuda_is_refused(path):
 def test_switches_must_be_booleans(path, kwargs):
     with pytest.raises(InputError, match="must be True"):
         Engine(path, device="cpu", **kwargs)
+
+
+def test_cuda_graph_sets_the_cuda_provider_option(monkeypatch, path):
+    """What `open_session(cuda_graph=True)` asks ONNX Runtime for where CUDA is chosen (faked here:
+    the session constructor records its providers instead of opening the model)."""
+    from camrt.engine import session as session_module
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, src, opts, providers):
+            seen.append(providers)
+
+    monkeypatch.setattr(session_module, "providers_for", lambda device, precision=None: ["CUDAExecutionProvider",
+                                                                                        "CPUExecutionProvider"])
+    monkeypatch.setattr(session_module.ort, "InferenceSession", Recorder)
+    monkeypatch.setattr(session_module, "check_started", lambda session, providers: None)
+    session_module.open_session(path, "cuda", cuda_graph=True)
+    session_module.open_session(path, "cuda")
+    assert seen == [[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"],
+                    ["CUDAExecutionProvider", "CPUExecutionProvider"]]
+
+
+def test_precision_without_openvino_is_refused(path):
+    with pytest.raises(InputError, match="precision"):
+        Engine(path, device="cpu", precision="bf16")
