@@ -35,13 +35,21 @@ net (float[N, 3, 8, 8] input) => (float[N, 5] logits) {
 """
 
 
-def tiny_model() -> bytes:
-    model = onnx.parser.parse_model(TEXT)
+# The same with an input that has a default, as camrt's class_idx: k_used = k + 0.
+DEFAULTED = (TEXT.replace("input) => (float[N, 5] logits)", "input, int64[1] k) => (float[N, 5] logits, int64[1] used)")
+             .replace("}", "    used = Add(k, zero)\n}"))
+
+
+def tiny_model(text: str = TEXT) -> bytes:
+    model = onnx.parser.parse_model(text)
     rng = np.random.default_rng(0)
     weights = {"w": (4, 3, 3, 3), "b": (4,), "fc": (5, 4), "fcb": (5,)}
     model.graph.initializer.extend(
         onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
         for name, shape in weights.items())
+    if "int64[1] k" in text:
+        model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([-1], np.int64), "k"),
+                                        onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")])
     return model.SerializeToString()
 
 
@@ -181,3 +189,25 @@ def test_openvino_runs_the_graph_as_the_cpu_provider(precision, tolerance) -> No
     got = sess.run(None, {"input": x})[0]
     want = open_session(tiny_model(), "cpu").run(None, {"input": x})[0]
     assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
+
+
+def test_required_inputs_drops_the_defaults_only() -> None:
+    before = onnx.load_from_string(tiny_model(DEFAULTED))
+    after = onnx.load_from_string(session_module.required_inputs(tiny_model(DEFAULTED)))
+    assert [i.name for i in after.graph.input] == ["input", "k"]
+    assert sorted(t.name for t in after.graph.initializer) == sorted(t.name for t in before.graph.initializer
+                                                                      if t.name != "k")
+    assert session_module.required_inputs(tiny_model()) == tiny_model()  # nothing to do
+    sess = ort.InferenceSession(session_module.required_inputs(tiny_model(DEFAULTED)), providers=[CPU])
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    assert sess.run(["used"], {"input": x, "k": np.array([3])})[0].tolist() == [3]
+    with pytest.raises(ValueError, match="Required inputs"):  # omitted: an error, not the default
+        sess.run(["used"], {"input": x})
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="needs onnxruntime-openvino (pip install camrt[openvino])")
+def test_openvino_reads_a_fed_input_that_has_a_default() -> None:
+    # Its provider would compile the default as a constant and ignore the fed value.
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    sess = open_session(tiny_model(DEFAULTED), "openvino")
+    assert sess.run(["used"], {"input": x, "k": np.array([3])})[0].tolist() == [3]

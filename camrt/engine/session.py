@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import onnx
 import onnxruntime as ort
 
 from camrt.errors import InputError
@@ -151,6 +152,23 @@ def check_started(session: ort.InferenceSession, providers: Sequence[str | tuple
                          "says why) and would have run on its CPU provider instead")
 
 
+def required_inputs(model: str | os.PathLike | bytes) -> bytes:
+    """`model` serialized with every input that has a default (an initializer of the same name,
+    such as `class_idx`) made a plain, required input.
+
+    ONNX Runtime's OpenVINO provider (1.24.1) compiles such an initializer as a constant: a value
+    fed for the input is ignored without a word (`class_idx=[5, 7]` explains the top-1 classes).
+    Without the default, a run that omits the input fails instead; the engine always feeds it."""
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    inputs = {i.name for i in proto.graph.input}
+    if not any(t.name in inputs for t in proto.graph.initializer):
+        return model if isinstance(model, bytes) else proto.SerializeToString()
+    kept = [t for t in proto.graph.initializer if t.name not in inputs]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    return proto.SerializeToString()
+
+
 def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning: bool = True,
                  precision: str | None = None, cuda_graph: bool = False) -> ort.InferenceSession:
     """An inference session on `model` (a path or serialized bytes), errors only in ORT's log.
@@ -158,7 +176,8 @@ def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning
     `spinning=False` stops the session's worker threads from spinning after a run: sessions that
     take turns (the perturbation methods' sub-graphs) would otherwise fight over the cores
     (the figures are in docs/benchmarks.md, Recipro-CAM).
-    `precision`: None, or "bf16"/"f16" with device "openvino" (`providers_for`).
+    `precision`: None, or "bf16"/"f16" with device "openvino" (`providers_for`). On OpenVINO,
+    inputs with a default (`class_idx`) must be fed: see `required_inputs`.
     `cuda_graph=True`: the CUDA provider captures the first runs in a CUDA graph and replays it
     (its `enable_cuda_graph`; runs must then go through IO binding at fixed addresses:
     `camrt.engine.binding.FixedBatch`). No effect when the session does not run on CUDA."""
@@ -170,6 +189,8 @@ def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, bytes) else str(model)
+    if device == "openvino":
+        src = required_inputs(src)
     session = ort.InferenceSession(src, opts, providers=providers)
     check_started(session, providers)
     return session
