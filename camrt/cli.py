@@ -193,7 +193,8 @@ def layers(model: str, arch: str | None, trust_pickle: bool, input_shape: str) -
 
 
 _MAPS_HELP = ("Add map heads, the maps computed inside the graph (map.M.L, saliency.M): methods separated by "
-              "commas, or 'all'.")
+              "commas, or 'all' (the gradient methods); Recipro-CAM's head: "
+              "reciprocam[:kernel=onehot|gaussian][:layer=NAME][:all-classes].")
 
 
 _FP16_HELP = ("Compute the forward pass in float16, for GPUs (the gradient branch and map heads stay float32, as "
@@ -245,15 +246,22 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
 
 @main.command("add-maps")
 @click.argument("model", type=click.Path())
-@click.option("--maps", "maps_text", required=True, help=_MAPS_HELP)
+@click.option("--maps", "maps_text", help=_MAPS_HELP)
+@click.option("--no-gradients", is_flag=True,
+              help="Write the file without the gradient branch (and the gradient methods' heads), so that one run "
+                   "computes only the forward pass and Recipro-CAM's head; camrt's Engine then runs only the "
+                   "methods that need no gradient.")
 @click.option("-o", "--output", type=click.Path(), required=True, help="File to write (may be MODEL itself).")
 @friendly
-def add_maps_cmd(model: str, maps_text: str, output: str) -> None:
+def add_maps_cmd(model: str, maps_text: str | None, no_gradients: bool, output: str) -> None:
     """Add map heads to MODEL, a file written by `camrt export` (no PyTorch needed)."""
     from camrt.graph.map_heads import add_maps
 
-    manifest = add_maps(model, _names(maps_text), output)
-    click.echo(f"wrote {output}: map heads {', '.join(manifest.maps)}")
+    if maps_text is None and not no_gradients:
+        raise click.UsageError("add-maps needs --maps (the methods to add heads for), --no-gradients, or both")
+    manifest = add_maps(model, _names(maps_text), output, gradients=not no_gradients)
+    kept = "" if manifest.gradients else "; without gradients"
+    click.echo(f"wrote {output}: map heads {', '.join(manifest.maps) or 'none'}{kept}")
 
 
 @main.command("convert")

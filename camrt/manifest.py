@@ -8,6 +8,11 @@ A model with map heads (`camrt.graph.map_heads`; the manifest's `maps` lists the
 has, per method M, `map.M.L` (N×h×w, the method's map after its ReLU) for every target layer L and
 `saliency.M` (N×H×W in [0, 1], at the input size) for the last target layer; `layercam-fusion` has
 only `saliency.layercam-fusion`, the LayerCAM fusion of every target layer in manifest order.
+A model with a Recipro-CAM head (`camrt.graph.reciprocam_head`) has `map.reciprocam.L` (N×h×w, the
+explained class's probability per position) and `saliency.reciprocam` for its one layer L, and
+optionally `class_maps.reciprocam.L` (N×K×h×w, every class's map); `map_options` records the
+options a head was built with (``{"reciprocam": {"kernel": "onehot"}}``). A model written without
+the gradient branch (`gradients` false: `camrt add-maps --no-gradients`) has no `gradient.L`.
 `precision` says how the graph computes: "fp32", or "fp16" (`camrt.graph.fp16`: the forward pass
 in float16, the gradient branch and map heads in float32); inputs and outputs keep their types.
 
@@ -53,6 +58,12 @@ def map_name(method: str, layer: str) -> str:
 def saliency_name(method: str) -> str:
     """The output holding `method`'s saliency (N×H×W in [0, 1]) in a model with map heads."""
     return f"saliency.{method}"
+
+
+def class_maps_name(method: str, layer: str) -> str:
+    """The output holding `method`'s maps of every class at `layer` (N×K×h×w) in a model with such a
+    head (Recipro-CAM's, with ``all_classes=True``)."""
+    return f"class_maps.{method}.{layer}"
 
 
 def is_gradient(name: str) -> bool:
@@ -101,6 +112,10 @@ class Manifest:
     input_gradient: bool = False  # the graph has the output INPUT_GRADIENT (absent from older manifests)
     maps: tuple[str, ...] = ()  # methods with map heads, in the order they were added (absent from older manifests)
     precision: str = FP32  # FP32 or FP16 (camrt.graph.fp16); IO types are the same (absent from older manifests)
+    # The options each head in `maps` that takes options was built with, as the method's
+    # `Options.as_dict()` (Recipro-CAM's kernel); a head answers only callers asking for the same.
+    map_options: dict[str, dict] = field(default_factory=dict, hash=False)
+    gradients: bool = True  # the graph has the outputs gradient.L (False: `camrt add-maps --no-gradients`)
 
     def layer(self, name: str | None) -> Layer:
         """The target layer called `name`, or the only/last one when `name` is None."""

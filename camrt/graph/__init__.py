@@ -27,6 +27,7 @@ from camrt.graph.class_select import gather_selected_rows
 from camrt.graph.fp16 import cast_round_trips, fp16_passes, to_fp16
 from camrt.graph.map_heads import add_map_heads, check_maps, map_passes
 from camrt.graph.metadata import attach_manifest
+from camrt.graph.reciprocam_head import add_reciprocam_head, without_gradients
 from camrt.graph.subgraph import forward_only, keep_outputs, tail
 
 Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
@@ -54,4 +55,4 @@ def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()
 __all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
            "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows", "add_map_heads",
            "check_maps", "map_passes", "scorecam_chunks", "ablationcam_chunks", "reciprocam_chunks", "to_fp16",
-           "fp16_passes", "cast_round_trips"]
+           "fp16_passes", "cast_round_trips", "add_reciprocam_head", "without_gradients"]

@@ -23,7 +23,10 @@ What cannot be a head:
   check it is Grad-CAM's map times h·w (the same saliency as `saliency.gradcam`), not CAM.
   The engine keeps the numpy check when it reads a CAM head.
 - Eigen-CAM and Eigen-Grad-CAM need a singular value decomposition, which ONNX has no operator for.
-- Sampled and perturbation methods run the network on other inputs than the one given.
+- Sampled and perturbation methods run the network on other inputs than the one given; one of
+  them, Recipro-CAM, runs only the layers after the target on copies of its activation, which the
+  graph can hold: its head is `camrt.graph.reciprocam_head`, reached through the same functions
+  (`check_maps`, `map_passes`, `add_maps`).
 
 The pass reads the target layers and input size from the manifest, refuses to add an output that
 exists, and records the new methods in the manifest's `maps`.
@@ -206,24 +209,29 @@ HEAD_METHODS: tuple[str, ...] = (*HEADS, FUSION)
 
 def check_maps(methods: Sequence[str] | str) -> tuple[str, ...]:
     """The methods named in `methods`, checked: each has a head, none is given twice; ``"all"``
-    stands for every method with a head.
+    stands for every gradient method with a head. Recipro-CAM's head is named with its options
+    (`camrt.graph.reciprocam_head.parse_spec`: ``reciprocam:kernel=gaussian``, say); it is not
+    part of ``"all"``, as it runs the tail h·w times per image.
 
     Raises:
         InputError: an unknown method (the message lists those with heads), a method that cannot be
-            a head (and why), an empty list or a name given twice.
+            a head (and why), an unreadable Recipro-CAM spec, an empty list or a method given twice.
     """
+    from camrt.graph.reciprocam_head import SPEC_HELP, parse_spec  # it builds on this module
+
     names = [methods] if isinstance(methods, str) else list(methods)
     if names == ["all"]:
         return HEAD_METHODS
-    known = ", ".join(HEAD_METHODS)
+    known = f"{', '.join(HEAD_METHODS)} (or all), and {SPEC_HELP}"
     if not names:
-        raise InputError(f"no methods given for map heads; methods with heads: {known} (or all)")
+        raise InputError(f"no methods given for map heads; methods with heads: {known}")
     for name in names:
         if name in _WITHOUT_HEADS:
             raise InputError(f"'{name}' cannot be a map head: {_WITHOUT_HEADS[name]}; methods with heads: {known}")
-        if name not in HEAD_METHODS:
-            raise InputError(f"no map head for method '{name}'; methods with heads: {known} (or all)")
-    twice = sorted({n for n in names if names.count(n) > 1})
+        if name not in HEAD_METHODS and parse_spec(name) is None:
+            raise InputError(f"no map head for method '{name}'; methods with heads: {known}")
+    methods_of = [name.split(":")[0] for name in names]
+    twice = sorted({n for n in methods_of if methods_of.count(n) > 1})
     if twice:
         raise InputError(f"map heads: {', '.join(twice)} given twice")
     return tuple(names)
@@ -236,19 +244,35 @@ def _output(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     raise InputError(f"the model has no output '{name}', which its manifest lists; re-export it with `camrt export`")
 
 
-def add_map_heads(methods: Sequence[str] | str):
-    """A pass adding the map heads of `methods` (see the module docstring) and recording them in
-    the manifest's `maps`.
+def add_map_heads(methods: Sequence[str] | str) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """A pass adding the map heads of `methods` (see the module docstring; Recipro-CAM's:
+    `camrt.graph.reciprocam_head`) and recording them in the manifest's `maps`.
 
     Raises (when the pass runs):
         InputError: a method without a head (at once, when the pass is made), a model without a
             camrt manifest, an opset below 18, activations that are not float32, or an output
             that exists already (heads are added once).
     """
-    wanted = check_maps(methods)
+    passes = map_passes(methods)
+    if len(passes) == 1:
+        return passes[0]
+
+    def add(model: onnx.ModelProto) -> onnx.ModelProto:
+        for p in passes:
+            model = p(model)
+        return model
+
+    return add
+
+
+def _gradient_heads(wanted: Sequence[str]) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """The pass of `add_map_heads` for the gradient methods `wanted` (checked names of `HEADS` and `FUSION`)."""
 
     def add(model: onnx.ModelProto) -> onnx.ModelProto:
         manifest = read_manifest(model)
+        if not manifest.gradients:
+            raise InputError(f"map heads of {', '.join(wanted)} read the gradients, and this file was written without "
+                             "them (--no-gradients); add them to the file `camrt export` wrote")
         opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
         if opset < MIN_OPSET:
             raise InputError(f"map heads need opset {MIN_OPSET} or later (Reduce operators with axes as an input); "
@@ -302,22 +326,51 @@ def add_map_heads(methods: Sequence[str] | str):
 
 
 def map_passes(methods: Sequence[str] | str) -> list[Callable[[onnx.ModelProto], onnx.ModelProto]]:
-    """What `camrt add-maps` and `camrt export --maps` do to a camrt model, in order."""
-    return [add_map_heads(methods)]
+    """What `camrt add-maps` and `camrt export --maps` do to a camrt model, in order: one pass for
+    each run of gradient methods, one for Recipro-CAM's head, in the order given."""
+    from camrt.graph.reciprocam_head import add_reciprocam_head, parse_spec  # it builds on this module
+
+    passes, pending = [], []
+    for name in check_maps(methods):
+        head = parse_spec(name)
+        if head is None:
+            pending.append(name)
+            continue
+        if pending:
+            passes.append(_gradient_heads(pending))
+            pending = []
+        passes.append(add_reciprocam_head(head.kernel, head.layer, head.all_classes))
+    if pending:
+        passes.append(_gradient_heads(pending))
+    return passes
 
 
-def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str | os.PathLike) -> Manifest:
+def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str | os.PathLike,
+             gradients: bool = True) -> Manifest:
     """Add the map heads of `methods` to the camrt model file `model` and write it to `output`
     (which may be `model` itself), completely or not at all (`camrt.atomic`). Needs no PyTorch.
+    With ``gradients=False`` the file is written without the gradient branch
+    (`camrt.graph.reciprocam_head.without_gradients`); `methods` may then be empty.
 
     Returns:
         The manifest of the written model.
 
     Raises:
         InputError: a missing or unreadable file, one without a camrt manifest, a method without a
-            head, heads already there, or a failed write (with its cause).
+            head, heads already there, no methods with gradients kept, or a failed write (with its cause).
     """
-    passes = map_passes(methods)  # checks the names before reading the file
+    from camrt.graph.reciprocam_head import without_gradients
+
+    if not isinstance(gradients, bool):
+        raise InputError(f"gradients must be True or False, got {gradients!r}")
+    given = [methods] if isinstance(methods, str) else list(methods)
+    passes = map_passes(given) if given or gradients else []  # checks the names before reading the file
+    needing = [m for m in check_maps(given) if m in HEAD_METHODS] if given else []
+    if needing and not gradients:
+        raise InputError(f"the map heads of {', '.join(needing)} read the gradients, which --no-gradients leaves out; "
+                         "add only heads that need no gradient (reciprocam)")
+    if not gradients:
+        passes.append(without_gradients)
     dst = Path(output)
     proto, _ = load_camrt_file(model)
     for p in passes:
