@@ -204,7 +204,8 @@ HEADS: dict[str, Callable[[_Builder, str, str], str]] = {
 """The methods with a map head: `map.M.L` per layer and `saliency.M` for the last layer."""
 
 HEAD_METHODS: tuple[str, ...] = (*HEADS, FUSION)
-"""Every name `add_map_heads` takes (`all` means these)."""
+"""The gradient methods with heads (`all` means these); `add_map_heads` also takes Recipro-CAM's
+(`camrt.graph.reciprocam_head.parse_spec`)."""
 
 
 def check_maps(methods: Sequence[str] | str) -> tuple[str, ...]:
@@ -250,8 +251,9 @@ def add_map_heads(methods: Sequence[str] | str) -> Callable[[onnx.ModelProto], o
 
     Raises (when the pass runs):
         InputError: a method without a head (at once, when the pass is made), a model without a
-            camrt manifest, an opset below 18, activations that are not float32, or an output
-            that exists already (heads are added once).
+            camrt manifest, an opset below 18, activations that are not float32, an output that
+            exists already (heads are added once), gradient heads on a file without gradients, or
+            what `add_reciprocam_head` refuses.
     """
     passes = map_passes(methods)
     if len(passes) == 1:
