@@ -236,3 +236,66 @@ def test_add_maps_errors_are_one_line(tiny, tmp_path, args, fragments) -> None:
     out = tmp_path / "out.onnx"
     assert_one_line_error(CliRunner().invoke(main, ["add-maps", tiny[1], *args, "-o", str(out)]), *fragments)
     assert not out.exists()
+
+
+# --- the engine reads the head ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def head_files(skip, tmp_path_factory):
+    """SkipNet's file with the Gaussian head (and gradients), and the same without gradients."""
+    model, oracle, x = skip
+    folder = tmp_path_factory.mktemp("rc-engine")
+    with_gradients, without = folder / "head.cam.onnx", folder / "head.nograd.onnx"
+    onnx.save(model, with_gradients)
+    onnx.save(without_gradients(model), without)
+    return with_gradients, without, oracle, x
+
+
+def _no_numpy_path(monkeypatch):
+    import camrt.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "perturbation_map", lambda *a, **k: pytest.fail("the numpy path ran"))
+
+
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_engine_explains_from_the_head(head_files, monkeypatch, which, io_binding) -> None:
+    """With the kernel the head was built with, `Engine.explain` reads the head's map and saliency
+    from one run (no perturbation runs), with or without the gradient branch in the file."""
+    path, oracle, x = head_files[which], head_files[2], head_files[3]
+    ref = Engine(oracle, device="cpu").explain(x, "reciprocam", kernel="gaussian")
+    ref_given = Engine(oracle, device="cpu").explain(x, "reciprocam", class_idx=[2, 0, 4], kernel="gaussian")
+    _no_numpy_path(monkeypatch)
+    engine = Engine(path, device="cpu", io_binding=io_binding)
+    got = engine.explain(x, "reciprocam", kernel="gaussian")
+    np.testing.assert_array_equal(got.class_idx, ref.class_idx)
+    err = np.abs(got.low_res - ref.low_res).max(axis=(1, 2)) / ref.low_res.max(axis=(1, 2))
+    assert err.max() <= TOL, err
+    assert got.saliency.shape == ref.saliency.shape and 0 <= got.saliency.min() and got.saliency.max() <= 1
+    given = engine.explain(x, "reciprocam", class_idx=[2, 0, 4], kernel="gaussian")
+    np.testing.assert_array_equal(given.class_idx, [2, 0, 4])
+    err = np.abs(given.low_res - ref_given.low_res).max(axis=(1, 2)) / ref_given.low_res.max(axis=(1, 2))
+    assert err.max() <= TOL, err
+
+
+def test_engine_runs_the_method_when_the_options_differ(head_files, monkeypatch) -> None:
+    """The head was built with the Gaussian kernel: a one-hot request runs the perturbation path."""
+    path, _, oracle, x = head_files
+    calls = []
+    import camrt.engine.engine as engine_module
+
+    original = engine_module.perturbation_map
+    monkeypatch.setattr(engine_module, "perturbation_map", lambda *a, **k: calls.append(1) or original(*a, **k))
+    got = Engine(path, device="cpu").explain(x, "reciprocam", kernel="onehot")
+    assert calls
+    ref = Engine(oracle, device="cpu").explain(x, "reciprocam", kernel="onehot")
+    np.testing.assert_allclose(got.low_res, ref.low_res, rtol=1e-5, atol=1e-7)
+
+
+def test_engine_on_a_file_without_gradients(head_files) -> None:
+    _, path, _, x = head_files
+    engine = Engine(path, device="cpu")
+    with pytest.raises(InputError, match="--no-gradients"):
+        engine.explain(x, "gradcam")
+    assert engine.explain(x, "scorecam").saliency.shape == (len(x), *SIZE[1:])

@@ -113,6 +113,7 @@ class Engine:
             self.manifest = Manifest.from_json(meta[METADATA_KEY])
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"'{path}' has an unreadable camrt manifest: {e}") from e
+        self._outputs = {o.name for o in self._session.get_outputs()}
         self.provider: str = self._session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             logger.warning("CUDA was asked for but is not available to onnxruntime; running on %s", self.provider)
@@ -189,19 +190,25 @@ class Engine:
 
     def forward(self, images: np.ndarray | Sequence[np.ndarray],
                 class_idx: int | Sequence[int] | np.ndarray | None = None, gradient: bool = True,
-                host: Collection[str] | None = None) -> Pass:
+                host: Collection[str] | None = None, heads: Sequence[str] = ()) -> Pass:
         """One run of the full graph: logits, classes, activations and gradients of every layer.
         Any number of methods can then be computed from it with `explain_pass`. With
         `gradient=False` the run skips the gradient branch (a forward-only graph), which is all
         that methods without gradients need. With IO binding (`Engine(io_binding=...)`), `host`
         names the outputs to copy to the host at once (None: all; the logits always); the others
-        stay on the device until read from `Pass.outputs`."""
+        stay on the device until read from `Pass.outputs`. `heads`: with `gradient=False`, outputs
+        of gradient-free map heads (`map.reciprocam.L`, `saliency.reciprocam`) to compute in the
+        same run."""
         x = self.prepare(images)
         cls = self.check_class_idx(class_idx, len(x))
         host = None if host is None else {LOGITS, CLASS_IDX_USED, *host}
         t0 = time.perf_counter()
         if gradient:
             out = self.run(x, cls, host)
+        elif heads:
+            names = [LOGITS, CLASS_IDX_USED, *(la.activation for la in self.manifest.layers), *heads]
+            out = run_chunked(self.graphs.outputs(names), {INPUT: x, CLASS_IDX: cls}, self.chunk_size, names,
+                              binder=self.graphs.binder, host=host)
         else:
             activations = [la.activation for la in self.manifest.layers]
             out = run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size, [LOGITS, *activations],
@@ -244,16 +251,25 @@ class Engine:
         layers = self.resolve_layers(layer)
         non_negative_int(seed, "seed")
         opts = self.configure(spec, options)
-        head = self._head(spec, layers)
-        # With a map head only the map (and CAM's gradient, for its check) need to leave the device.
-        host = None if head is None else [head, saliency_name(spec.name),
-                                          *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
-        return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient, host=host), method,
-                                 layer, seed, progress, options=opts)
+        head = self._head(spec, layers, opts)
+        host, heads = None, []
+        if head is not None:
+            # Only the map (and CAM's gradient, for its check) need to leave the device.
+            outputs = [head, *[n for n in [saliency_name(spec.name)] if n in self._outputs]]
+            host = [*outputs, *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
+            heads = [] if spec.uses_gradient else outputs  # a gradient-free head (Recipro-CAM): no gradient branch
+        return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient, host=host, heads=heads),
+                                 method, layer, seed, progress, options=opts)
 
-    def _head(self, spec: Method, layers: Sequence[str]) -> str | None:
-        """The output of the map head (`camrt add-maps`) that computes `spec`'s map of `layers`, if any."""
-        return map_name(spec.name, layers[0]) if spec.name in self.manifest.maps and len(layers) == 1 else None
+    def _head(self, spec: Method, layers: Sequence[str], options: Options) -> str | None:
+        """The output of the map head (`camrt add-maps`) that computes `spec`'s map of `layers` with
+        `options` (the manifest's `map_options` for the head), if the model has one."""
+        if spec.name not in self.manifest.maps or len(layers) != 1:
+            return None
+        name = map_name(spec.name, layers[0])
+        if name not in self._outputs or self.manifest.map_options.get(spec.name, {}) != options.as_dict():
+            return None
+        return name
 
     def explain_pass(self, p: Pass, /, method: str = "gradcam", layer: str | Sequence[str] | None = None,
                      seed: int = 0, progress: Callable[[int, int], None] | None = None,
@@ -277,12 +293,13 @@ class Engine:
         t1 = time.perf_counter()
         maps, saliency = [], None
         # A map head (`camrt add-maps`) computed the map in the graph run, and for the last layer its saliency.
-        head = self._head(spec, layers)
+        head = self._head(spec, layers, opts)
         if head is not None and head in out:
             if spec.name == "cam":  # its check (a gradient constant over each map) cannot fail inside the graph
                 check_pooled_head(out[self.manifest.layer(layers[0]).gradient])
             maps.append(out[head])
-            if layers[0] == self.manifest.layers[-1].name:
+            # a gradient head's saliency is the last layer's; a gradient-free head's, its own layer's
+            if layers[0] == self.manifest.layers[-1].name or not spec.uses_gradient:
                 saliency = out.get(saliency_name(spec.name))
         for la in layers if not maps else ():
             a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
@@ -326,6 +343,9 @@ class Engine:
     def configure(self, method: Method, options: Mapping[str, object] | Options | None = None) -> Options:
         """The method's options (defaults overridden by `options`, names and values checked), once
         the model is known to have what the method needs."""
+        if method.uses_gradient and not self.manifest.gradients:
+            raise InputError(f"method '{method.name}' needs the gradient, and '{self.path.name}' was written without "
+                             "its gradient branch (`camrt add-maps --no-gradients`); use the file it was made from")
         if method.input_gradient and not self.manifest.input_gradient:
             raise InputError(f"method '{method.name}' needs the gradient of the class score with respect to the "
                              f"input, which '{self.path.name}' lacks; re-export the model with `camrt export "

@@ -91,6 +91,7 @@ class Graphs:
         self._input_gradient: ort.InferenceSession | None = None
         self._tails: dict[str, Tail] = {}
         self._chunks: dict[Hashable, Tail | None] = {}
+        self._kept: dict[tuple[str, ...], ort.InferenceSession] = {}
         self.binder: Binder | None = None  # set by the engine for device-resident runs (IO binding)
 
     @property
@@ -127,6 +128,16 @@ class Graphs:
 
             self._activations = self._open(forward_only(self.proto(), list(names)))
         return self._activations
+
+    def outputs(self, names: Sequence[str]) -> ort.InferenceSession:
+        """The graph cut down to the outputs `names` and the nodes they need (`keep_outputs`): for
+        a gradient-free map head, the forward pass and the head without the gradient branch."""
+        key = tuple(names)
+        if key not in self._kept:
+            from camrt.graph import keep_outputs
+
+            self._kept[key] = self._open(keep_outputs(self.proto(), list(names)))
+        return self._kept[key]
 
     def input_gradient(self) -> ort.InferenceSession:
         """The sub-graph that computes only the logits and ∂y_c/∂input."""
