@@ -5,7 +5,12 @@ too), chunking and progress do not change, and the graphs are standard ONNX at t
 (no ScatterElements, nothing TensorRT refuses, only the chunk dynamic).
 
 Measured on these tiny models: the logits of the copies are equal bit for bit, the softmax
-probabilities within 3e-8; the maps within 2.3e-7 of their largest value (asserted: 1e-5)."""
+probabilities within 3e-8; the maps within 2.3e-7 of their largest value (asserted: 1e-5).
+Group-CAM's blurred image is a few ulps from numpy's (two MatMuls): its logits differ by at most
+3e-8 (measured; asserted 1e-6 of the largest logit), and its map, a sum of differences of
+probabilities that on these nets are 1e-5, is held to an absolute bound (`groupcam_atol`; measured
+6e-8, 15 to 25 times below it). RISE's masks are numpy's bit for bit: its maps within 9e-8
+(2.2e-7 of their largest value; `rise_atol`)."""
 
 from __future__ import annotations
 
@@ -17,15 +22,30 @@ import torch
 
 import camrt
 from camrt.engine import Engine
-from camrt.engine.perturbation import CHUNK_FORMS, chunk_form
+from camrt.engine.perturbation import CHUNK_FORMS, _groupcam_rows, _rise_rows, chunk_form
 from camrt.errors import InputError
-from camrt.graph import ablationcam_chunks, forward_only, reciprocam_chunks, scorecam_chunks, tail
+from camrt.graph import (
+    ablationcam_chunks,
+    forward_only,
+    groupcam_chunks,
+    reciprocam_chunks,
+    rise_chunks,
+    scorecam_chunks,
+    tail,
+)
 from camrt.graph import chunks as chunk_graphs
-from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, POSITIONS, SCORES
+from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, GRIDS, MAPS, POSITIONS, SCORES
 from camrt.graph.tensorrt import check_tensorrt
-from camrt.methods import METHODS, softmax
+from camrt.methods import METHODS, Context, softmax
 from camrt.methods.feature import _KERNELS, ablation_inputs, reciprocam_inputs
-from camrt.methods.masking import scorecam_inputs
+from camrt.methods.masking import (
+    GroupCAMOptions,
+    RISEOptions,
+    gaussian_blur,
+    groupcam_explore,
+    rise_explore,
+    scorecam_inputs,
+)
 from tests.test_engine_masking import StrideNet
 from tests.test_engine_perturbation import SIZE, SkipNet, export_block, resnet18_layer4  # noqa: F401 - a fixture
 
@@ -228,7 +248,8 @@ def test_chunk_graphs_are_standard_onnx_at_the_models_opset(tmp_path, opset: int
     camrt.export(SkipNet().eval(), layers=["block"], path=path, input_shape=(1, *SIZE), opset=opset)
     model = onnx.load(path)
     graphs = [scorecam_chunks(model, "block"), ablationcam_chunks(model, "block")[0],
-              reciprocam_chunks(model, "block", _KERNELS["gaussian"])[0]]
+              reciprocam_chunks(model, "block", _KERNELS["gaussian"])[0], groupcam_chunks(model, "block"),
+              rise_chunks(model, "block")]
     for graph in graphs:
         onnx.checker.check_model(graph, full_check=True)
         imports = [(o.domain, o.version) for o in graph.opset_import]
@@ -237,7 +258,8 @@ def test_chunk_graphs_are_standard_onnx_at_the_models_opset(tmp_path, opset: int
         assert check_tensorrt(graph) == []
         for v in graph.graph.input:  # static sizes; only the rows (the chunk) are dynamic
             dims = v.type.tensor_type.shape.dim
-            assert all(d.HasField("dim_value") for d in dims) == (v.name not in (CHANNELS, POSITIONS)), v.name
+            assert all(d.HasField("dim_value") for d in dims) == (v.name not in (CHANNELS, POSITIONS, MAPS, GRIDS)), \
+                v.name
         assert [o.name for o in graph.graph.output] == [SCORES]
 
 
@@ -247,7 +269,8 @@ def test_the_switch(skip_net, monkeypatch) -> None:
     _, path = skip_net
     engine = Engine(path, device="cpu")
     assert engine.graphs.chunk_graphs is None
-    defaults = {"scorecam": True, "ablationcam": False, "reciprocam": False, "reciprocam:gaussian": True}
+    defaults = {"scorecam": True, "ablationcam": False, "reciprocam": False, "reciprocam:gaussian": True,
+                "groupcam": False, "rise": False}
     for spec, default in defaults.items():
         name, _, kernel = spec.partition(":")
         method, form = METHODS[name], CHUNK_FORMS[name]
@@ -276,6 +299,151 @@ def test_a_model_using_the_chunk_names_is_refused(skip_net) -> None:
     node.output[0] = new
     with pytest.raises(ValueError, match="already has tensors named"):
         scorecam_chunks(model, "block")
+
+
+# Group-CAM and RISE ------------------------------------------------------------------------------
+
+SCORE_ATOL = 1e-7  # the probabilities' tolerance above: ONNX Runtime's softmax against numpy's
+
+
+def groupcam_atol(options: dict, channels: int) -> float:
+    """Group-CAM's map is ``Σ_g ReLU(s_g − s_b) M_g`` with masks in [0, 1], the same on both paths:
+    scores within ε move it by at most 2ε per group. An absolute bound: on the tiny nets the
+    masks move the probabilities by 1e-5, so a relative one would measure the cancellation."""
+    return 2 * min(options.get("groups", 32), channels) * SCORE_ATOL
+
+
+def rise_atol(options: dict) -> float:
+    """RISE's map is ``Σ_i s_i M_i / (n p)`` with masks in [0, 1], bit for bit the same on both
+    paths: scores within ε move it by at most ε / p, plus the float32 sums' rounding (1e-7)."""
+    return SCORE_ATOL / options.get("p", 0.5) + 1e-7
+
+
+NEW_METHOD_OPTIONS = [("groupcam", {}), ("groupcam", {"groups": 4, "blur_kernel": 5, "blur_sigma": 1.5}),
+                      ("rise", {"n": 40}), ("rise", {"n": 27, "cells": 3, "p": 0.25})]
+
+
+def new_method_atol(method: str, options: dict, path) -> float:
+    return groupcam_atol(options, onnx_channels(path)) if method == "groupcam" else rise_atol(options)
+
+
+def onnx_channels(path) -> int:
+    return chunk_graphs._info(onnx.load(path), "activation.block")[1][0]
+
+
+@pytest.mark.parametrize(("size", "kernel", "sigma"), [((16, 16), 51, 50.0), ((7, 12), 5, 1.5), ((224, 200), 51, 50.0)])
+def test_the_blur_matrices_blur_as_numpy(size, kernel: int, sigma: float) -> None:
+    """`_blur_matrix` on both axes against `gaussian_blur`, reflect padding wider than the image too."""
+    x = np.random.default_rng(4).normal(size=(3, *size)).astype(np.float32)
+    rows, columns = (chunk_graphs._blur_matrix(n, kernel, sigma).astype(np.float32) for n in size)
+    want = gaussian_blur(x, kernel, sigma)
+    np.testing.assert_allclose(rows @ x @ columns.T, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def first_batches(path, method: str, options, seed: int = 5, chunk: int = 6):
+    """One image's model, first batch of numpy copies (the method's own coroutine) and first chunk
+    rows (the chunk graph's coroutine) for `method`, with the image and class."""
+    model = onnx.load(path)
+    x = np.random.default_rng(seed).normal(size=(1, *SIZE)).astype(np.float32)
+    out = Engine(path, device="cpu").forward(x).outputs
+    ctx = Context(out["activation.block"][0], x[0], out["gradient.block"][0], seed=seed, chunk=chunk)
+    explore, rows = (groupcam_explore, _groupcam_rows) if method == "groupcam" else (rise_explore, _rise_rows)
+    return model, x, next(explore(ctx, options)), next(rows(ctx, options)), ctx
+
+
+@pytest.mark.parametrize("net", ["skip_net", "stride_net"])
+@pytest.mark.parametrize(("method", "options"), [("groupcam", GroupCAMOptions(groups=8)),
+                                                 ("groupcam", GroupCAMOptions(blur_kernel=5, blur_sigma=1.5)),
+                                                 ("rise", RISEOptions(n=9)), ("rise", RISEOptions(n=9, cells=4))])
+def test_groupcam_and_rise_chunk_graphs_score_the_numpy_copies(request, net: str, method: str, options) -> None:
+    """The first chunk's rows through the chunk graph (logits and probabilities) against the first
+    batch of numpy copies through the forward-only graph: RISE's masks are numpy's bit for bit,
+    Group-CAM's copies differ by its blur's ulps."""
+    path = request.getfixturevalue(net)[1]
+    model, x, copies, rows, ctx = first_batches(path, method, options)
+    assert len(rows) == len(copies) > 1
+    z = session(forward_only(model)).run(None, {"input": copies})[0]
+    cls = 2
+    for probability in (False, True):
+        if method == "groupcam":
+            graph = groupcam_chunks(model, "block", options.blur_kernel, options.blur_sigma, probability)
+        else:
+            graph = rise_chunks(model, "block", options.cells, probability)
+        rows_name = MAPS if method == "groupcam" else GRIDS
+        got = session(graph).run([SCORES], {"input": x, ACTIVATION: ctx.activation[None],
+                                            CLASS: np.asarray(cls, np.int64), rows_name: rows})[0]
+        if probability:
+            np.testing.assert_allclose(got, softmax(z)[:, cls], rtol=0, atol=SCORE_ATOL)
+        elif method == "rise":
+            np.testing.assert_array_equal(got, z[:, cls])  # the same copies through the same network
+        else:
+            np.testing.assert_allclose(got, z[:, cls], rtol=0, atol=1e-6 * np.abs(z).max())
+
+
+def assert_close_maps(graph, numpy_, atol: float) -> None:
+    """The maps within `atol`, the saliencies (min-max normalised) within 2 atol / span."""
+    np.testing.assert_array_equal(graph.class_idx, numpy_.class_idx)
+    for g, n, gs, ns in zip(graph.low_res, numpy_.low_res, graph.saliency, numpy_.saliency, strict=True):
+        np.testing.assert_allclose(g, n, rtol=0, atol=atol)
+        span = n.max() - n.min()
+        np.testing.assert_allclose(gs, ns, rtol=0, atol=(2 * atol / span if span > 0 else 0) + 1e-6)
+
+
+@pytest.mark.parametrize("net", ["skip_net", "stride_net"])
+@pytest.mark.parametrize(("method", "options"), NEW_METHOD_OPTIONS)
+def test_groupcam_and_rise_maps_are_the_same_on_both_paths(request, net: str, method: str, options: dict) -> None:
+    path = request.getfixturevalue(net)[1]
+    x = two_classes(path, seed=21)
+    atol = new_method_atol(method, options, path)
+    for class_idx in (None, [4, 0]):
+        engine, graph, numpy_ = both_paths(path, x, method, options, class_idx=class_idx, seed=3)
+        assert_close_maps(graph, numpy_, atol)
+        assert any(key[0] == method for key in engine.graphs._chunks), "the graph path ran no chunk graph"
+        assert np.abs(numpy_.low_res).max() > 10 * atol or net == "skip_net"  # the stride net's maps are not noise
+
+
+def test_groupcam_and_rise_seeds_and_half_precision(half_skip_net, stride_net) -> None:
+    """Another seed gives another RISE map on both paths alike; a half-precision model too."""
+    x = np.random.default_rng(9).normal(size=(2, *SIZE)).astype(np.float32)
+    maps = {}
+    for seed in (0, 1):
+        _, graph, numpy_ = both_paths(stride_net[1], x, "rise", {"n": 20}, seed=seed)
+        assert_close_maps(graph, numpy_, rise_atol({}))
+        maps[seed] = numpy_.low_res
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3
+    for method, options in NEW_METHOD_OPTIONS[1:3]:
+        _, graph, numpy_ = both_paths(half_skip_net[1], x, method, options, chunk=5)
+        assert_close_maps(graph, numpy_, new_method_atol(method, options, half_skip_net[1]))
+
+
+@pytest.mark.parametrize(("method", "options"), [NEW_METHOD_OPTIONS[1], ("rise", {"n": 12})])
+def test_groupcam_and_rise_chunk_size_and_progress_are_the_same_on_both_paths(stride_net, method: str,
+                                                                              options: dict) -> None:
+    _, path = stride_net
+    x = np.random.default_rng(1).normal(size=(2, *SIZE)).astype(np.float32)
+    first, progress = None, {}
+    for chunk in (1, 5, 300):
+        for on in (True, False):
+            engine = Engine(path, device="cpu", chunk_size=chunk)
+            engine.graphs.chunk_graphs = on
+            calls: list[tuple[int, int]] = []
+            r = engine.explain(x, method, progress=lambda d, t, calls=calls: calls.append((d, t)), **options)
+            progress.setdefault(chunk, calls)
+            assert calls == progress[chunk]
+            per_image = calls[-1][1] // 2
+            assert len(calls) == 2 * -(-per_image // chunk)
+            first = first if first is not None else r.low_res
+            np.testing.assert_allclose(r.low_res, first, rtol=0, atol=new_method_atol(method, options, path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "options"), [("groupcam", {}), ("rise", {"n": 64})])
+def test_resnet18_groupcam_and_rise_maps_are_the_same_on_both_paths(resnet18_layer4, method: str,  # noqa: F811
+                                                                    options: dict) -> None:
+    _, path, x = resnet18_layer4
+    for class_idx in (None, 7):
+        _, graph, numpy_ = both_paths(path, x, method, options, chunk=16, class_idx=class_idx)
+        assert_close_maps(graph, numpy_, groupcam_atol(options, 512) if method == "groupcam" else rise_atol(options))
 
 
 @pytest.mark.slow

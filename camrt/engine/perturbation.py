@@ -5,9 +5,11 @@ number of copies.
 
 Methods listed in `CHUNK_FORMS` can build their copies inside ONNX Runtime instead, as
 `Graphs.chunk_graphs` chooses (`chunk_form`): a chunk graph of `camrt.graph.chunks` takes the image, its
-activation and the chunk's rows (channel or position indices) and gives the class scores of the
-chunk's copies, and a coroutine like the method's own yields those rows, in the same order and
-batches, and returns the map from their scores with the method's own map function.
+activation and the chunk's rows (channel or position indices; Group-CAM's group maps, RISE's grids
+and shifts) and gives the class scores of the chunk's copies, and a coroutine like the method's own
+yields those rows, in the same order and batches, and returns the map from their scores with the
+method's own map function (Group-CAM and RISE: its own arithmetic, their masks built on the host
+again, since the graph returns only the scores).
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ import onnxruntime as ort
 
 from camrt.engine.binding import Binder
 from camrt.engine.graphs import Graphs
-from camrt.graph import ablationcam_chunks, reciprocam_chunks, scorecam_chunks
-from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, POSITIONS, SCORES
+from camrt.graph import ablationcam_chunks, groupcam_chunks, reciprocam_chunks, rise_chunks, scorecam_chunks
+from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, GRIDS, MAPS, POSITIONS, SCORES
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, activation_name, gradient_name
 from camrt.methods import Context, Method, Options, ablationcam, reciprocam, scorecam, softmax
-from camrt.methods._core import scores_of
+from camrt.methods._core import relu, scores_of, upsample
 from camrt.methods.contract import Explore
 from camrt.methods.feature import _KERNELS  # the one definition of Recipro-CAM's masks
-from camrt.methods.masking import _constant_channels  # the channels that share Score-CAM's zero mask
+from camrt.methods.masking import _channel_masks, _constant_channels  # Group-CAM's masks; Score-CAM's shared zero mask
 
 Progress = Callable[[int, int], None]
 
@@ -83,6 +85,54 @@ def _reciprocam_rows(ctx: Context, options: Options) -> Explore:
     return reciprocam(ctx.activation[None], scores)
 
 
+def _groupcam_rows(ctx: Context, options: Options) -> Explore:
+    """`camrt.methods.masking.groupcam_explore` by rows: the chunk's group maps (a zero map first for
+    the blurred baseline, whose mask is then all zeros), in the same batches; the map from their
+    scores with the same masks and sums as numpy's (the masks are built again on the host for the
+    map: the chunk graph returns only the scores)."""
+    x, activation, gradient, chunk = ctx.need("x"), ctx.activation, ctx.need("gradient"), ctx.chunk
+    # As groupcam_explore, line for line: the maps and the map must be numpy's to the ulp.
+    alpha = gradient.reshape(len(gradient), -1).mean(axis=1)
+    parts = np.array_split(np.arange(activation.shape[0]), min(options.groups, activation.shape[0]))
+    low = np.stack([relu((alpha[p, None, None] * activation[p]).sum(axis=0)) for p in parts])  # no BLAS
+    saliency = np.zeros((1, *x.shape[1:]), dtype=np.float32)
+    base = None
+    for start in range(-1, len(parts), chunk):
+        idx = np.arange(max(start, 0), min(start + chunk, len(parts)))
+        rows = low[idx] if start != -1 else np.concatenate([np.zeros_like(low[:1]), low[idx]])
+        scores = np.asarray((yield rows), dtype=np.float64)
+        if start == -1:
+            base, scores = scores[0], scores[1:]
+        weights = np.maximum(scores - base, 0.0).astype(np.float32)
+        saliency[0] += (weights[:, None, None] * _channel_masks(low, idx, x.shape[1:])).sum(axis=0)
+    return saliency
+
+
+def _rise_rows(ctx: Context, options: Options) -> Explore:
+    """`camrt.methods.masking.rise_explore` by rows: each mask's grid cells (0 or 1) then its shift,
+    drawn from ``default_rng(seed)`` as numpy does, in the same batches; the map from their scores
+    with the same masks and sums as numpy's (built again on the host: the graph returns only the
+    scores)."""
+    x, chunk = ctx.need("x"), ctx.chunk
+    n, cells, p = options.n, options.cells, options.p
+    h, w = x.shape[1:]
+    # As rise_explore, line for line: the same draws in the same order, the same masks and sums.
+    ch, cw = -(-h // cells), -(-w // cells)
+    rng = np.random.default_rng(ctx.seed)
+    grids = (rng.random((n, cells, cells)) < p).astype(np.float32)
+    dy, dx = rng.integers(0, ch, n), rng.integers(0, cw, n)
+    rows = np.concatenate([grids.reshape(n, -1), dy[:, None], dx[:, None]], axis=1).astype(np.int64)
+    saliency = np.zeros((1, h, w), dtype=np.float32)
+    for start in range(0, n, chunk):
+        scores = np.asarray((yield rows[start:start + chunk]), dtype=np.float32)
+        up = upsample(grids[start:start + chunk], ((cells + 1) * ch, (cells + 1) * cw))
+        masks = np.stack([m[a:a + h, b:b + w] for m, a, b in
+                          zip(up, dy[start:start + chunk], dx[start:start + chunk], strict=True)])
+        saliency[0] += (scores[:, None, None] * masks).sum(axis=0)
+    saliency /= n * p
+    return saliency
+
+
 def _scorecam_graph(model: onnx.ModelProto, layer: str, options: Options, probability: bool
                     ) -> tuple[onnx.ModelProto, list[str]]:
     return scorecam_chunks(model, layer, probability), []
@@ -98,17 +148,32 @@ def _reciprocam_graph(model: onnx.ModelProto, layer: str, options: Options, prob
     return reciprocam_chunks(model, layer, _KERNELS[options.kernel], probability)
 
 
+def _groupcam_graph(model: onnx.ModelProto, layer: str, options: Options, probability: bool
+                    ) -> tuple[onnx.ModelProto, list[str]]:
+    return groupcam_chunks(model, layer, options.blur_kernel, options.blur_sigma, probability), []
+
+
+def _rise_graph(model: onnx.ModelProto, layer: str, options: Options, probability: bool
+                ) -> tuple[onnx.ModelProto, list[str]]:
+    return rise_chunks(model, layer, options.cells, probability), []
+
+
 # Defaults from tools/bench_chunks.py on the CPU (resnet18 at layer4, chunk 16; docs/benchmarks.md).
 # Score-CAM: the same time either way (its 16 forward runs per chunk dwarf the masks). Recipro-CAM's
 # Gaussian masks: faster in the graph. Its one-hot masks: ONNX Runtime's broadcast product of the
 # activation by k sparse masks costs more than numpy's, and Ablation-CAM's tail (pooling and one
 # linear layer) is so cheap that the graph's extra nodes, microseconds each per run, do not pay:
-# both keep their numpy copies unless asked.
+# both keep their numpy copies unless asked. Group-CAM and RISE: the engine's calls measure the same
+# either way (33 and n forward runs), but their work besides the network is more on the graph path
+# (the host builds each chunk's masks again for the map, the graph returns only scores): numpy.
 CHUNK_FORMS: dict[str, ChunkForm] = {
     "scorecam": ChunkForm(_scorecam_graph, CHANNELS, _scorecam_rows, default=lambda options: True),
     "ablationcam": ChunkForm(_ablation_graph, CHANNELS, _ablation_rows, default=lambda options: False),
     "reciprocam": ChunkForm(_reciprocam_graph, POSITIONS, _reciprocam_rows,
                             default=lambda options: options.kernel == "gaussian", key=lambda options: options.kernel),
+    "groupcam": ChunkForm(_groupcam_graph, MAPS, _groupcam_rows, default=lambda options: False,
+                          key=lambda options: (options.blur_kernel, options.blur_sigma)),
+    "rise": ChunkForm(_rise_graph, GRIDS, _rise_rows, default=lambda options: False, key=lambda options: options.cells),
 }
 """The methods whose copies can be built in a chunk graph, by name."""
 

@@ -6,7 +6,8 @@ are what the engine already holds for one image: `ACTIVATION`, the target layer'
 1×C×h×w; for Score-CAM the preprocessed image ``input`` 1×C_in×H×W; for the tail's methods the
 tensors crossing the tail's cut, 1×… each, under their own names (returned with the graph);
 `CLASS`, the class explained (an int64 scalar); and the chunk's rows, `CHANNELS` or `POSITIONS`
-(int64, length k, the only dynamic dimension). Its one output `SCORES` (length k) holds each
+(int64, length k, the only dynamic dimension), Group-CAM's group maps `MAPS` (k×h×w) or RISE's
+grids and shifts `GRIDS` (int64 k×(cells² + 2)). Its one output `SCORES` (length k) holds each
 copy's class score: the logit, or with ``probability=True`` the softmax probability.
 
 - `scorecam_chunks`: copy i is ``x ⊙ norm(up(A_{c_i}))`` (`camrt.methods.masking.scorecam_inputs`),
@@ -19,14 +20,20 @@ copy's class score: the logit, or with ``probability=True`` the softmax probabil
 - `reciprocam_chunks`: copy i is A times `kernel` centred on position ``p_i`` (row-major), cut at
   the borders, zeros elsewhere (`camrt.methods.feature.reciprocam_inputs`: one-hot or the 3×3
   Gaussian), run through the tail. The masks are the kernel's own values, read from a table.
+- `groupcam_chunks`: copy g is ``b + norm(up(map_g)) ⊙ (x − b)`` with ``b`` the image blurred in the
+  graph (`camrt.methods.masking.groupcam_explore`; the blur is two MatMuls, a few ulps from
+  numpy's), run through the forward-only graph.
+- `rise_chunks`: copy i is ``x ⊙ M_i``, `M_i` a seeded grid upsampled and cropped at its shift
+  (`camrt.methods.masking.rise_explore`), run through the forward-only graph.
 
-The copies equal the numpy path's bit for bit (the same float32 operations in the same order);
-the class scores then differ only where ONNX Runtime's softmax rounds otherwise than numpy's
-(tests/test_graph_chunks.py measures both). Standard operators at the model's opset, 18 or later
-(ReduceMin and ReduceMax take their axes as an input); no ScatterElements; `check_tensorrt` finds
-nothing to refuse. On the CPU each node costs microseconds per run, so the fronts are written
-with few nodes, reading tables where indices would otherwise be computed. Internal tensors are
-named under ``chunk/``; a model that already uses that prefix or these input names is refused.
+The copies equal the numpy path's bit for bit (the same float32 operations in the same order),
+but for Group-CAM's blurred image; the class scores then differ only where ONNX Runtime's
+softmax rounds otherwise than numpy's (tests/test_graph_chunks.py measures both). Standard
+operators at the model's opset, 18 or later (ReduceMin and ReduceMax take their axes as an
+input); no ScatterElements; `check_tensorrt` finds nothing to refuse. On the CPU each node
+costs microseconds per run, so the fronts are written with few nodes, reading tables where
+indices would otherwise be computed. Internal tensors are named under ``chunk/``; a model that
+already uses that prefix or these input names is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ MIN_OPSET = 18
 ACTIVATION = "chunk.activation"
 CHANNELS = "chunk.channels"
 POSITIONS = "chunk.positions"
+MAPS = "chunk.maps"
+GRIDS = "chunk.grids"
 CLASS = "chunk.class"
 SCORES = "chunk.scores"
 _PREFIX = "chunk/"
@@ -110,6 +119,55 @@ class _Front:
         return self.op("Mul", self.op("Sub", maps, low), self.op("Where", positive, inverse, self.const(0.0)))
 
 
+    def blur(self, image: str, size: tuple[int, int], kernel: int, sigma: float) -> str:
+        """…×H×W images blurred as `camrt.methods.masking.gaussian_blur`: ``B_H · X · B_Wᵀ``, one
+        MatMul per axis with the Gaussian taps and the reflect padding folded into an n×n matrix.
+
+        On the CPU two MatMuls of 224×224 matrices take 0.7 ms for a 3×224×224 image, where numpy's
+        51 shifted products per axis take 6 ms and a depthwise Conv 3 ms; the sums run in another
+        order than numpy's, so the blurred image differs from numpy's by a few ulps."""
+        rows = self.op("MatMul", self.const(_blur_matrix(size[0], kernel, sigma)), image)
+        return self.op("MatMul", rows, self.const(_blur_matrix(size[1], kernel, sigma).T))
+
+    def shifted_upsample(self, grids: str, shifts: tuple[str, str], cells: int, size: tuple[int, int]) -> str:
+        """k×cells×cells grids → k×H×W as RISE's masks (`camrt.methods.masking.rise_explore`): each
+        upsampled as `camrt.methods.upsample` to ``(cells + 1) · ⌈H / cells⌉`` × ``(cells + 1) · ⌈W /
+        cells⌉`` and cropped at its own shift (`shifts`: two int64 vectors of length k, rows and
+        columns), computed on the cropped pixels only.
+
+        Each copy reads its taps from a table of every shift (``table[d, y]`` = the tap of full-size
+        row ``d + y``) and its rows with GatherND (``batch_dims=1``); as `upsample`, rows first on
+        the small grids, then columns on the maps transposed to k×W×H, so that GatherND copies
+        whole rows."""
+        maps = grids
+        for n, shift in zip(size, shifts, strict=True):
+            step = -(-n // cells)
+            lo, hi, frac = _interpolation_taps(cells, (cells + 1) * step)
+            window = np.arange(step)[:, None] + np.arange(n)[None]  # shift d, pixel y -> full-size pixel d + y
+
+            def table(values: np.ndarray, dtype: np.dtype, shift: str = shift, window: np.ndarray = window) -> str:
+                return self.op("Gather", self.const(values[window][..., None], dtype), shift, axis=0)
+
+            a = self.op("GatherND", maps, table(lo, np.int64), batch_dims=1)
+            b = self.op("GatherND", maps, table(hi, np.int64), batch_dims=1)
+            maps = self.op("Add", a, self.op("Mul", self.op("Sub", b, a), table(frac, self.dtype)))
+            maps = self.op("Transpose", maps, perm=[0, 2, 1])  # rows: k×H×cells -> k×cells×H; columns: back to k×H×W
+        return maps
+
+
+def _blur_matrix(n: int, kernel: int, sigma: float) -> np.ndarray:
+    """The n×n matrix of `camrt.methods.masking.gaussian_blur` along one axis: its float32 taps
+    (the same expression), at the columns of the reflect-padded input (``numpy.pad`` itself), the
+    taps landing on one column summed in float64."""
+    t = np.linspace(-(kernel - 1) / 2, (kernel - 1) / 2, kernel)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    source = np.pad(np.arange(n), kernel // 2, mode="reflect")[np.arange(n)[:, None] + np.arange(kernel)]
+    matrix = np.zeros((n, n))
+    np.add.at(matrix, (np.repeat(np.arange(n), kernel), source.reshape(-1)), np.tile(k.astype(np.float64), n))
+    return matrix
+
+
 def _tensor(name: str, elem_type: int, shape: Sequence[int | str]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, list(shape))
 
@@ -136,7 +194,7 @@ def _assemble(sub: onnx.ModelProto, front: _Front, probability: bool, name: str)
     logits: one model, inputs ``front.inputs``, output `SCORES`."""
     g = sub.graph
     names = {t for node in g.node for t in [*node.input, *node.output]} | {t.name for t in g.initializer}
-    ours = (ACTIVATION, CHANNELS, POSITIONS, CLASS, SCORES)
+    ours = (ACTIVATION, CHANNELS, POSITIONS, MAPS, GRIDS, CLASS, SCORES)
     clash = sorted(t for t in names | {v.name for v in g.input} if t.startswith(_PREFIX) or t in ours)
     produced = {t for node in g.node for t in node.output}
     clash += [v.name for v in front.inputs if v.name in produced]
@@ -251,3 +309,56 @@ def reciprocam_chunks(model: onnx.ModelProto, layer: str, kernel: np.ndarray, pr
         mask = front.op("Gather", front.const(padded.reshape(-1)), front.op("Add", at_y, at_x), axis=0)
     front.wires[activation_name(layer)] = front.op("Mul", ACTIVATION, mask)
     return _assemble(sub, front, probability, f"{model.graph.name}_reciprocam_chunks_{layer}"), boundary
+
+
+def groupcam_chunks(model: onnx.ModelProto, layer: str, blur_kernel: int = 51, blur_sigma: float = 50.0,
+                    probability: bool = True) -> onnx.ModelProto:
+    """Group-CAM's chunk graph: inputs ``input`` (1×C_in×H×W), `ACTIVATION` (1×C×h×w, the engine
+    feeds it; not read), `MAPS` (k×h×w: the chunk's group maps ``ReLU(Σ_{c∈g} α_c A_c)``, computed on
+    the host as `camrt.methods.masking.groupcam_explore` does) and `CLASS`; output `SCORES` (k),
+    the class score of ``b + M_g ⊙ (x − b)`` for each map, ``M_g = norm(up(map_g))`` and ``b`` = x
+    blurred (`_Front.blur`), through the forward-only graph. A zero map gives ``b`` itself: the
+    baseline's row.
+
+    The blurred image is computed in the graph, once per chunk, rather than once per image on the
+    host: its two MatMuls cost less per chunk (0.7 ms at 224×224) than numpy's blur per image
+    (6 ms) divided among Group-CAM's 3 chunks of 16, and the image never leaves ONNX Runtime. The
+    group maps come from the host because their sums must be numpy's: after the ReLU a map can be
+    zeros and a few values of an ulp, which normalisation stretches to [0, 1], so summing in
+    another order could turn numpy's all-zero mask into another one."""
+    _check(model)
+    elem, (c, h, w) = _info(model, activation_name(layer))
+    x_elem, x_shape = _info(model, INPUT)
+    size = tuple(x_shape[1:])
+    front = _Front(helper.tensor_dtype_to_np_dtype(x_elem))
+    blurred = front.blur(INPUT, size, blur_kernel, blur_sigma)
+    masks = front.op("Reshape", front.normalize(front.upsample(MAPS, (h, w), size)), front.ints(-1, 1, *size))
+    copies = front.op("Add", blurred, front.op("Mul", masks, front.op("Sub", INPUT, blurred)))
+    front.inputs += [_tensor(INPUT, x_elem, [1, *x_shape]), _tensor(ACTIVATION, elem, [1, c, h, w]),
+                     _tensor(MAPS, x_elem, ["chunk", h, w]), _tensor(CLASS, TensorProto.INT64, [])]
+    front.wires[INPUT] = copies
+    return _assemble(forward_only(model), front, probability, f"{model.graph.name}_groupcam_chunks_{layer}")
+
+
+def rise_chunks(model: onnx.ModelProto, layer: str, cells: int = 7, probability: bool = True) -> onnx.ModelProto:
+    """RISE's chunk graph: inputs ``input`` (1×C_in×H×W), `ACTIVATION` (1×C×h×w of `layer`: the
+    engine feeds it; RISE does not read it), `GRIDS` (int64 k×(cells² + 2): per copy its grid's
+    cells, 0 or 1 in row-major order, then its shift in rows and in columns) and `CLASS`; output
+    `SCORES` (k), the class score of ``x ⊙ M_i`` for each row, with `M_i` the grid upsampled and
+    cropped at its shift as `camrt.methods.masking.rise_explore` does (`_Front.shifted_upsample`:
+    the masks equal numpy's bit for bit), through the forward-only graph."""
+    _check(model)
+    elem, act_shape = _info(model, activation_name(layer))
+    x_elem, x_shape = _info(model, INPUT)
+    size = tuple(x_shape[1:])
+    front = _Front(helper.tensor_dtype_to_np_dtype(x_elem))
+    area = cells * cells
+    one = front.ints(1)
+    cells_of = front.op("Slice", GRIDS, front.ints(0), front.ints(area), one)
+    grids = front.op("Reshape", front.op("Cast", cells_of, to=x_elem), front.ints(-1, cells, cells))
+    shifts = tuple(front.op("Gather", GRIDS, front.const(area + i, np.int64), axis=1) for i in (0, 1))
+    masks = front.shifted_upsample(grids, shifts, cells, size)
+    front.wires[INPUT] = front.op("Mul", INPUT, front.op("Reshape", masks, front.ints(-1, 1, *size)))
+    front.inputs += [_tensor(INPUT, x_elem, [1, *x_shape]), _tensor(ACTIVATION, elem, [1, *act_shape]),
+                     _tensor(GRIDS, TensorProto.INT64, ["chunk", area + 2]), _tensor(CLASS, TensorProto.INT64, [])]
+    return _assemble(forward_only(model), front, probability, f"{model.graph.name}_rise_chunks_{layer}")
