@@ -222,6 +222,27 @@ class Worker:
         self.proc.wait()
 
 
+def FlatHead(model):  # noqa: N802 - a class, built where torch is imported
+    """Lite0 with its head's `view(batch, -1)` as a flatten: OpenVINO XAI's Recipro-CAM copies the
+    layers after the target, and fails (`unregistered_parameters`) when they read the batch size
+    from the input's shape, as that view does once exported. Same arithmetic, same weights."""
+    import torch
+
+    class _FlatHead(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m._fc(self.m._dropout(self.m._avg_pooling(self.m.extract_features(x)).flatten(1)))
+
+    flat = _FlatHead(model).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(flat(x), model(x), atol=1e-5)
+    return flat
+
+
 def export(name: str, work: Path) -> dict[str, str]:
     """camrt's file, the plain file and (when the pass exists) the one-graph Recipro-CAM file."""
     import torch
@@ -240,7 +261,8 @@ def export(name: str, work: Path) -> dict[str, str]:
         else:
             model, kw = getattr(torchvision.models, name)().eval(), {}
         camrt.export(model, None, input_shape=(1, 3, 224, 224), layers=[LAYER[name]], path=files["cam"], **kw)
-        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(files["plain"]), input_names=["input"],
+        plain = FlatHead(model) if name == "lite0" else model
+        torch.onnx.export(plain, torch.zeros(1, 3, 224, 224), str(files["plain"]), input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
                           opset_version=18, dynamo=False)
     if not files["onegraph"].exists():
