@@ -188,6 +188,20 @@ class Engine:
             return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
         return run_chunked(self._session, feeds, self.chunk_size, binder=self.graphs.binder, host=host)
 
+    def class_scores(self, x: np.ndarray, class_idx: int | Sequence[int] | np.ndarray,
+                     probability: bool = True) -> np.ndarray:
+        """The score of class ``class_idx[n]`` for each image of the preprocessed batch `x` (float32
+        N×C×H×W): its softmax probability, or with ``probability=False`` its logit, as float64 (N,).
+        The images go through the forward-only graph (no gradient branch) `chunk_size` rows per run,
+        so memory grows with the chunk, not with N (`camrt.metrics` streams its perturbed images
+        through here). -1 means each image's own top-1 class."""
+        x = self.prepare(x)
+        cls = self.check_class_idx(class_idx, len(x))
+        logits = run_chunked(self.graphs.forward_only(), {INPUT: x}, self.chunk_size, [LOGITS],
+                             binder=self.graphs.binder)[LOGITS].astype(np.float64)
+        scores = softmax(logits) if probability else logits
+        return scores[np.arange(len(x)), np.where(cls == -1, logits.argmax(axis=1), cls)]
+
     def forward(self, images: np.ndarray | Sequence[np.ndarray],
                 class_idx: int | Sequence[int] | np.ndarray | None = None, gradient: bool = True,
                 host: Collection[str] | None = None, heads: Sequence[str] = ()) -> Pass:
