@@ -68,6 +68,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from camrt.engine import Engine  # noqa: E402
+from camrt.engine.session import providers_for  # noqa: E402
 from camrt.manifest import map_name, saliency_name  # noqa: E402
 from camrt.methods import METHODS, normalize, upsample  # noqa: E402
 from tools.gpu_blocks import (  # noqa: E402
@@ -452,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpu_check: onnxruntime {ort.__version__} has no CUDA provider (providers: "
                   f"{ort.get_available_providers()}); install onnxruntime-gpu (docs/benchmarks.md, GPU check)",
                   file=sys.stderr)
+            return 2
+        if providers_for("cuda")[0] != CUDA:  # camrt's own test: the NVIDIA driver library loads
+            print("gpu_check: onnxruntime-gpu is installed but finds no NVIDIA driver (libcuda); run on a "
+                  "machine with a GPU, or use --device cpu", file=sys.stderr)
             return 2
     table = Table()
     header = [f"# camrt GPU check (tools/gpu_check.py), {datetime.date.today()}", "",
