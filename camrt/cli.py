@@ -2,7 +2,7 @@
 stderr and a non-zero exit; `--traceback` shows the full trace for bug reports.
 
 Length: over camrt's ~350-line aim because it holds one thin command per user task (layers,
-export, convert, add-maps, methods, explain, video) with their option declarations; each command
+export, convert, add-maps, methods, explain, eval, video) with their option declarations; each command
 body is a library call, and splitting click groups over modules would scatter the `--help` text.
 """
 
@@ -348,6 +348,62 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
         for err in r.write_errors:
             click.echo(f"camrt: error: {err}", err=True)
     if failed:
+        sys.exit(EXIT_USER_ERROR)
+
+
+@main.command("eval")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--methods", default="gradcam", show_default=True,
+              help="Methods to compare, separated by commas ('all' as in `camrt explain`).")
+@click.option("--metrics", default="all", show_default=True,
+              help="Metrics, separated by commas, or 'all' (those needing annotations only where there are some).")
+@click.option("-o", "--output", default="report", show_default=True, type=click.Path(), help="Report folder.")
+@click.option("--annotations", type=click.Path(),
+              help="Boxes or masks: camrt's JSON or COCO-style [default: annotations.json in the images' folder].")
+@click.option("--class-idx", type=int, help="Class to explain (default: the top-1 class of each image).")
+@click.option("--batch", type=int, default=8, show_default=True, help="Images per run (memory grows with it).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods, metrics, bootstrap.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--chunk-size", type=int, default=16, show_default=True,
+              help="Perturbed copies per network run (memory grows with it).")
+@click.option("--no-plots", is_flag=True, help="Leave out the PNG plots (they need matplotlib, camrt[eval]).")
+@friendly
+def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, output: str, annotations: str | None,
+             class_idx: int | None, batch: int, seed: int, device: str, chunk_size: int, no_plots: bool) -> None:
+    """Score METHODS' maps of IMAGES (files or folders) with faithfulness and localisation metrics,
+    and write a report (CSV, Markdown, plots) to --output."""
+    from camrt.engine import Engine
+    from camrt.evaluation import evaluate_folder, resolve_metrics
+    from camrt.explain import resolve_methods
+
+    resolve_methods(methods)  # unknown names: one line before the model is even loaded
+    resolve_metrics(metrics)
+    engine = Engine(model, device=device, chunk_size=chunk_size)
+    bar: list = []
+
+    def progress(done: int, total: int) -> None:  # a bar on a terminal only; none in logs
+        if not bar:
+            bar.append(click.progressbar(length=total, label="evaluating", file=sys.stderr))
+            bar[0].__enter__()
+        bar[0].update(done - bar[0].pos)
+
+    try:
+        r = evaluate_folder(engine, images, methods, metrics, output, annotations, batch=batch, seed=seed,
+                            class_idx=class_idx, plots=not no_plots, progress=progress if sys.stderr.isatty() else None)
+    finally:
+        if bar:
+            bar[0].__exit__(None, None, None)
+    click.echo(f"{Path(model).name}: provider {engine.provider}; {len(r.images)} images in {r.seconds:.1f} s; "
+               f"wrote {len(r.written)} files to {r.output} (report.md)")
+    width = max(len(c.method) for c in r.table) if r.table else 0
+    for c in r.table:
+        click.echo(f"  {c.method:<{width}}  {c.metric:<24} {c.mean:8.4f}  [{c.low:.4f}, {c.high:.4f}]  n={c.n}")
+    for note in r.notes:
+        click.echo(f"note: {note}")
+    for path, why in r.skipped:
+        click.echo(f"camrt: error: skipped '{path}': {why}", err=True)
+    if r.skipped:
         sys.exit(EXIT_USER_ERROR)
 
 
