@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
@@ -27,10 +28,14 @@ from camrt.graph import ablationcam_chunks, groupcam_chunks, reciprocam_chunks, 
 from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, GRIDS, MAPS, POSITIONS, SCORES
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, activation_name, gradient_name
 from camrt.methods import Context, Method, Options, ablationcam, reciprocam, scorecam, softmax
-from camrt.methods._core import relu, scores_of, upsample
+from camrt.methods._core import scores_of
 from camrt.methods.contract import Explore
 from camrt.methods.feature import _KERNELS  # the one definition of Recipro-CAM's masks
-from camrt.methods.masking import _channel_masks, _constant_channels  # Group-CAM's masks; Score-CAM's shared zero mask
+from camrt.methods.masking import (
+    _constant_channels,  # the channels that share Score-CAM's zero mask
+    groupcam_explore,
+    rise_explore,
+)
 
 Progress = Callable[[int, int], None]
 
@@ -85,52 +90,9 @@ def _reciprocam_rows(ctx: Context, options: Options) -> Explore:
     return reciprocam(ctx.activation[None], scores)
 
 
-def _groupcam_rows(ctx: Context, options: Options) -> Explore:
-    """`camrt.methods.masking.groupcam_explore` by rows: the chunk's group maps (a zero map first for
-    the blurred baseline, whose mask is then all zeros), in the same batches; the map from their
-    scores with the same masks and sums as numpy's (the masks are built again on the host for the
-    map: the chunk graph returns only the scores)."""
-    x, activation, gradient, chunk = ctx.need("x"), ctx.activation, ctx.need("gradient"), ctx.chunk
-    # As groupcam_explore, line for line: the maps and the map must be numpy's to the ulp.
-    alpha = gradient.reshape(len(gradient), -1).mean(axis=1)
-    parts = np.array_split(np.arange(activation.shape[0]), min(options.groups, activation.shape[0]))
-    low = np.stack([relu((alpha[p, None, None] * activation[p]).sum(axis=0)) for p in parts])  # no BLAS
-    saliency = np.zeros((1, *x.shape[1:]), dtype=np.float32)
-    base = None
-    for start in range(-1, len(parts), chunk):
-        idx = np.arange(max(start, 0), min(start + chunk, len(parts)))
-        rows = low[idx] if start != -1 else np.concatenate([np.zeros_like(low[:1]), low[idx]])
-        scores = np.asarray((yield rows), dtype=np.float64)
-        if start == -1:
-            base, scores = scores[0], scores[1:]
-        weights = np.maximum(scores - base, 0.0).astype(np.float32)
-        saliency[0] += (weights[:, None, None] * _channel_masks(low, idx, x.shape[1:])).sum(axis=0)
-    return saliency
-
-
-def _rise_rows(ctx: Context, options: Options) -> Explore:
-    """`camrt.methods.masking.rise_explore` by rows: each mask's grid cells (0 or 1) then its shift,
-    drawn from ``default_rng(seed)`` as numpy does, in the same batches; the map from their scores
-    with the same masks and sums as numpy's (built again on the host: the graph returns only the
-    scores)."""
-    x, chunk = ctx.need("x"), ctx.chunk
-    n, cells, p = options.n, options.cells, options.p
-    h, w = x.shape[1:]
-    # As rise_explore, line for line: the same draws in the same order, the same masks and sums.
-    ch, cw = -(-h // cells), -(-w // cells)
-    rng = np.random.default_rng(ctx.seed)
-    grids = (rng.random((n, cells, cells)) < p).astype(np.float32)
-    dy, dx = rng.integers(0, ch, n), rng.integers(0, cw, n)
-    rows = np.concatenate([grids.reshape(n, -1), dy[:, None], dx[:, None]], axis=1).astype(np.int64)
-    saliency = np.zeros((1, h, w), dtype=np.float32)
-    for start in range(0, n, chunk):
-        scores = np.asarray((yield rows[start:start + chunk]), dtype=np.float32)
-        up = upsample(grids[start:start + chunk], ((cells + 1) * ch, (cells + 1) * cw))
-        masks = np.stack([m[a:a + h, b:b + w] for m, a, b in
-                          zip(up, dy[start:start + chunk], dx[start:start + chunk], strict=True)])
-        saliency[0] += (scores[:, None, None] * masks).sum(axis=0)
-    saliency /= n * p
-    return saliency
+# Group-CAM and RISE yield their rows themselves (`rows=True`): the group maps, the grids and shifts.
+_groupcam_rows = partial(groupcam_explore, rows=True)
+_rise_rows = partial(rise_explore, rows=True)
 
 
 def _scorecam_graph(model: onnx.ModelProto, layer: str, options: Options, probability: bool

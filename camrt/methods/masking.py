@@ -287,7 +287,7 @@ def groupcam_runs(activation: np.ndarray, options: GroupCAMOptions) -> int:
     return min(options.groups, int(activation.shape[0])) + 1
 
 
-def groupcam_explore(ctx: Context, options: GroupCAMOptions) -> Explore:
+def groupcam_explore(ctx: Context, options: GroupCAMOptions, rows: bool = False) -> Explore:
     """Group-CAM: gradient-weighted channel groups as masks that keep the input over a blurred copy.
 
     ``α_k = mean_ij G_kij``; channels split into G groups of consecutive channels;
@@ -302,6 +302,9 @@ def groupcam_explore(ctx: Context, options: GroupCAMOptions) -> Explore:
         ctx: one preprocessed image ``x`` ``(C_in, H, W)``, its ``activation`` ``(C, h, w)`` and
             ``gradient`` ``∂y_c/∂A`` (same shape), and the ``chunk`` of masked inputs per forward run.
         options: ``groups`` (paper: 32), and ``blur_kernel``, ``blur_sigma`` of the baseline's blur.
+        rows: yield each batch's group maps ``ReLU(Σ_{k∈g} α_k A_k)`` (a zero map first for the
+            blurred image) instead of the masked inputs, for a chunk graph that builds the inputs
+            from them (`camrt.graph.chunks.groupcam_chunks`); the map is the same.
 
     Returns:
         Saliency map ``(1, H, W)`` (non-negative).
@@ -311,16 +314,19 @@ def groupcam_explore(ctx: Context, options: GroupCAMOptions) -> Explore:
     alpha = gradient.reshape(len(gradient), -1).mean(axis=1)
     parts = np.array_split(np.arange(activation.shape[0]), min(groups, activation.shape[0]))
     low = np.stack([relu((alpha[p, None, None] * activation[p]).sum(axis=0)) for p in parts])  # no BLAS
-    blurred = gaussian_blur(x, blur_kernel, blur_sigma)
+    blurred = None if rows else gaussian_blur(x, blur_kernel, blur_sigma)
     saliency = np.zeros((1, *x.shape[1:]), dtype=np.float32)
     base = None
     # The blurred image leads the first batch: every group's score needs its score subtracted.
     for start in range(-1, len(parts), chunk):
         idx = np.arange(max(start, 0), min(start + chunk, len(parts)))
         masks = _channel_masks(low, idx, x.shape[1:])
-        batch = blurred[None] + masks[:, None] * (x - blurred)[None]
-        if start == -1:
-            batch = np.concatenate([blurred[None], batch])
+        if rows:  # a zero group map gives an all-zero mask: the blurred image itself
+            batch = low[idx] if start != -1 else np.concatenate([np.zeros_like(low[:1]), low[idx]])
+        else:
+            batch = blurred[None] + masks[:, None] * (x - blurred)[None]
+            if start == -1:
+                batch = np.concatenate([blurred[None], batch])
         scores = np.asarray((yield batch), dtype=np.float64)
         if start == -1:
             base, scores = scores[0], scores[1:]
@@ -351,7 +357,7 @@ def rise_runs(activation: np.ndarray, options: RISEOptions) -> int:
     return options.n
 
 
-def rise_explore(ctx: Context, options: RISEOptions) -> Explore:
+def rise_explore(ctx: Context, options: RISEOptions, rows: bool = False) -> Explore:
     """RISE: the class probability of the input under random smooth masks, averaged per pixel.
 
     ``S = Σ_i p_c(x ⊙ M_i) M_i / (n · p)``. Each mask: a `cells`×`cells` grid of independent
@@ -369,6 +375,9 @@ def rise_explore(ctx: Context, options: RISEOptions) -> Explore:
         ctx: one preprocessed image ``x`` ``(C_in, H, W)``, the ``chunk`` of masked inputs per
             forward run and the ``seed`` of the masks (the activation is not used).
         options: ``n`` masks, grid size ``cells``, keep probability ``p``.
+        rows: yield each batch's grids and shifts, int64 rows of ``cells²`` 0/1 cells then the row
+            and column shift, instead of the masked inputs, for a chunk graph that builds the
+            inputs from them (`camrt.graph.chunks.rise_chunks`); the map is the same.
 
     Returns:
         Saliency map ``(1, H, W)``.
@@ -380,12 +389,15 @@ def rise_explore(ctx: Context, options: RISEOptions) -> Explore:
     rng = np.random.default_rng(seed)
     grids = (rng.random((n, cells, cells)) < p).astype(np.float32)
     dy, dx = rng.integers(0, ch, n), rng.integers(0, cw, n)
+    if rows:
+        draws = np.concatenate([grids.reshape(n, -1), dy[:, None], dx[:, None]], axis=1).astype(np.int64)
     saliency = np.zeros((1, h, w), dtype=np.float32)
     for start in range(0, n, chunk):
         up = upsample(grids[start:start + chunk], ((cells + 1) * ch, (cells + 1) * cw))
         masks = np.stack([m[a:a + h, b:b + w] for m, a, b in
                           zip(up, dy[start:start + chunk], dx[start:start + chunk], strict=True)])
-        scores = np.asarray((yield x[None] * masks[:, None]), dtype=np.float32)
+        batch = draws[start:start + chunk] if rows else x[None] * masks[:, None]
+        scores = np.asarray((yield batch), dtype=np.float32)
         saliency[0] += (scores[:, None, None] * masks).sum(axis=0)
     saliency /= n * p
     return saliency
