@@ -80,25 +80,19 @@ def dissection(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def impute(image: np.ndarray, removed: np.ndarray, noise: float = NOISE,
-           rng: np.random.Generator | None = None) -> np.ndarray:
-    """`image` (C×H×W) with the pixels of `removed` (bool H×W) filled in by noisy linear
-    imputation (module docstring); `noise` is the standard deviation of the Gaussian noise added
-    to the imputed values (0: none; then `rng` is not needed)."""
-    csc_matrix, splu = _scipy()
+def system(image: np.ndarray, removed: np.ndarray) -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
+    """The imputation's linear system for the pixels of `removed` (bool H×W, some but not all) of
+    `image` (C×H×W): ``(a, rhs, idx, place)``, `a` the sparse m×m matrix (CSC) and `rhs` the m×C
+    right-hand sides with the unknowns in nested-dissection order, `idx` the removed pixels' flat
+    indices and `place` each one's unknown."""
+    csc_matrix, _ = _scipy()
     c, h, w = image.shape
     flat = removed.reshape(-1)
     idx = np.flatnonzero(flat)
     m = len(idx)
-    out = image.reshape(c, -1).copy()
-    if m == 0:
-        return out.reshape(image.shape)
-    if m == flat.size:
-        raise InputError("ROAD cannot impute an image whose pixels are all removed")
     r0, c0 = np.divmod(idx, w)
-    perm = dissection(r0, c0)  # unknown k of the system is pixel idx[perm[k]]
     place = np.empty(m, np.int64)
-    place[perm] = np.arange(m)
+    place[dissection(r0, c0)] = np.arange(m)
     variable = np.full(flat.size, -1, np.int64)
     variable[idx] = place
     diag = np.zeros(m)
@@ -120,6 +114,21 @@ def impute(image: np.ndarray, removed: np.ndarray, noise: float = NOISE,
     ci.append(np.arange(m))
     vals.append(diag)
     a = csc_matrix((np.concatenate(vals), (np.concatenate(ri), np.concatenate(ci))), shape=(m, m))
+    return a, rhs, idx, place
+
+
+def impute(image: np.ndarray, removed: np.ndarray, noise: float = NOISE,
+           rng: np.random.Generator | None = None) -> np.ndarray:
+    """`image` (C×H×W) with the pixels of `removed` (bool H×W) filled in by noisy linear
+    imputation (module docstring); `noise` is the standard deviation of the Gaussian noise added
+    to the imputed values (0: none; then `rng` is not needed)."""
+    _, splu = _scipy()
+    out = image.reshape(len(image), -1).copy()
+    if not removed.any():
+        return out.reshape(image.shape)
+    if removed.all():
+        raise InputError("ROAD cannot impute an image whose pixels are all removed")
+    a, rhs, idx, place = system(image, removed)
     # Symmetric positive definite: no pivoting, the nested-dissection order kept as it is.
     lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
     values = lu.solve(rhs)[place].T  # back to the order of idx
