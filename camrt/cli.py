@@ -394,7 +394,8 @@ def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, ou
     finally:
         if bar:
             bar[0].__exit__(None, None, None)
-    click.echo(f"{Path(model).name}: provider {engine.provider}; {len(r.images)} images in {r.seconds:.1f} s; "
+    click.echo(f"{Path(model).name}: provider {engine.provider}; {len(r.images)} images in {r.seconds:.1f} s "
+               f"(metrics {r.timings.get('metrics', 0.0):.1f} s); "
                f"wrote {len(r.written)} files to {r.output} (report.md)")
     width = max(len(c.method) for c in r.table) if r.table else 0
     for c in r.table:

@@ -111,6 +111,7 @@ class Report:
     table: list[Cell] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: each method's maps, all the metrics
 
 
 def _annotation_file(annotations: str | os.PathLike | None, images: Sequence[str | os.PathLike]) -> Path | None:
@@ -228,7 +229,9 @@ def evaluate_folder(
         x = model.prepare(pixels)
         saliencies, cls = {}, None
         for name in names:
+            t1 = time.perf_counter()
             r = model.explain(x, name, class_idx=cls if cls is not None else class_idx, seed=seed)
+            report.timings[name] = report.timings.get(name, 0.0) + time.perf_counter() - t1
             cls = r.class_idx if cls is None else cls
             saliencies[name] = r.saliency
             done += len(kept)
@@ -238,8 +241,10 @@ def evaluate_folder(
         inner = None if progress is None else (
             lambda d, t, base=base, share=share: progress(base + (share * d) // max(t, 1), total))
         use = [m for m in wanted if not known[m].needs_annotations or any(mk is not None for mk in masks)]
+        t1 = time.perf_counter()
         results = camrt_metrics.evaluate(model, x, saliencies, cls, use, masks=masks if need else None,
                                          seed=seed, progress=inner)
+        report.timings["metrics"] = report.timings.get("metrics", 0.0) + time.perf_counter() - t1
         done = base + share
         if progress is not None:
             progress(done, total)
@@ -378,7 +383,9 @@ def _markdown(report: Report, model: Engine, class_idx: int | None, seed: int, p
     lines = [f"# camrt eval: {model.path.name}", "",
              f"{len(report.images)} images evaluated, {len(report.skipped)} skipped; class explained: "
              f"{'each image’s top-1' if class_idx is None else class_idx}; seed {seed}; provider {model.provider}; "
-             f"annotations: {report.annotations or 'none'}; {report.seconds:.1f} s.", "",
+             f"annotations: {report.annotations or 'none'}; {report.seconds:.1f} s (maps: "
+             + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items() if k != "metrics")
+             + f"; metrics {report.timings.get('metrics', 0.0):.1f} s).", "",
              "Mean over the images [95% confidence interval: percentile bootstrap over the images, "
              f"{RESAMPLES:,} resamples, seed {seed}]; ↑ higher is better, ↓ lower is better.", "",
              "| method | " + " | ".join(f"{m} {arrow[m]}" for m in report.metrics) + " |",
@@ -390,7 +397,7 @@ def _markdown(report: Report, model: Engine, class_idx: int | None, seed: int, p
     counts = {m: sorted({cells[(n, m)].n for n in report.methods}) for m in report.metrics}
     lines += ["", "Images per metric: " + ", ".join(f"{m} {'/'.join(map(str, counts[m]))}" for m in report.metrics)
               + ".", "", "## Metrics", ""]
-    lines += [f"- `{m}` ({arrow[m]}): {known[m].description} {known[m].paper}" for m in report.metrics]
+    lines += [f"- `{m}` ({arrow[m]}): {known[m].description.rstrip('.')}; {known[m].paper}" for m in report.metrics]
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
     if report.notes:
