@@ -213,14 +213,26 @@ class Engine:
         stay on the device until read from `Pass.outputs`. `heads`: with `gradient=False`, outputs
         of gradient-free map heads (`map.reciprocam.L`, `saliency.reciprocam`) to compute in the
         same run."""
+        return self._forward(images, class_idx, gradient, host, heads)
+
+    def _forward(self, images: np.ndarray | Sequence[np.ndarray], class_idx: int | Sequence[int] | np.ndarray | None,
+                 gradient: bool, host: Collection[str] | None, heads: Sequence[str],
+                 only: Sequence[str] | None = None) -> Pass:
+        """`forward`; with `only` (`explain` reading a map head), the run returns those outputs, the
+        logits and the classes and no others (activations and gradients are neither copied out nor
+        checked: a NaN in them shows in the map and logits computed from them)."""
         x = self.prepare(images)
         cls = self.check_class_idx(class_idx, len(x))
         host = None if host is None else {LOGITS, CLASS_IDX_USED, *host}
         t0 = time.perf_counter()
-        if gradient:
+        if gradient and only is not None and self._fixed is None:
+            out = run_chunked(self._session, {INPUT: x, CLASS_IDX: cls}, self.chunk_size,
+                              [LOGITS, CLASS_IDX_USED, *only], binder=self.graphs.binder, host=host)
+        elif gradient:
             out = self.run(x, cls, host)
         elif heads:
-            names = [LOGITS, CLASS_IDX_USED, *(la.activation for la in self.manifest.layers), *heads]
+            activations = [la.activation for la in self.manifest.layers] if only is None else []
+            names = [LOGITS, CLASS_IDX_USED, *activations, *heads]
             out = run_chunked(self.graphs.outputs(names), {INPUT: x, CLASS_IDX: cls}, self.chunk_size, names,
                               binder=self.graphs.binder, host=host)
         else:
@@ -268,12 +280,12 @@ class Engine:
         head = self._head(spec, layers, opts)
         host, heads = None, []
         if head is not None:
-            # Only the map (and CAM's gradient, for its check) need to leave the device.
+            # Only the map (and CAM's gradient, for its check) are read: no other output is fetched.
             outputs = [head, *[n for n in [saliency_name(spec.name)] if n in self._outputs]]
             host = [*outputs, *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
             heads = [] if spec.uses_gradient else outputs  # a gradient-free head (Recipro-CAM): no gradient branch
-        return self.explain_pass(self.forward(images, class_idx, gradient=spec.uses_gradient, host=host, heads=heads),
-                                 method, layer, seed, progress, options=opts)
+        p = self._forward(images, class_idx, spec.uses_gradient, host, heads, only=host)
+        return self._explain_pass(p, spec, layers, seed, progress, opts, head)
 
     def _head(self, spec: Method, layers: Sequence[str], options: Options) -> str | None:
         """The output of the map head (`camrt add-maps`) that computes `spec`'s map of `layers` with
@@ -296,9 +308,14 @@ class Engine:
         if options is not None and given:
             raise InputError("give method options either by name or as an options object, not both")
         opts = self.configure(spec, options if options is not None else given)
-        out, used = p.outputs, p.outputs[CLASS_IDX_USED]
-        if spec.uses_gradient and self.manifest.layers[0].gradient not in out:
+        if spec.uses_gradient and self.manifest.layers[0].gradient not in p.outputs:
             raise InputError(f"method '{spec.name}' needs the gradient, and this pass was run with gradient=False")
+        return self._explain_pass(p, spec, layers, seed, progress, opts, self._head(spec, layers, opts))
+
+    def _explain_pass(self, p: Pass, spec: Method, layers: list[str], seed: int,
+                      progress: Callable[[int, int], None] | None, opts: Options, head: str | None) -> Result:
+        """`explain_pass` with its arguments checked (`head`: `_head`'s answer for them)."""
+        out, used = p.outputs, p.outputs[CLASS_IDX_USED]
         timings = {"inference": p.seconds}
         samples = None
         if spec.family == "sampled":
@@ -307,7 +324,6 @@ class Engine:
         t1 = time.perf_counter()
         maps, saliency = [], None
         # A map head (`camrt add-maps`) computed the map in the graph run, and for the last layer its saliency.
-        head = self._head(spec, layers, opts)
         if head is not None and head in out:
             if spec.name == "cam":  # its check (a gradient constant over each map) cannot fail inside the graph
                 check_pooled_head(out[self.manifest.layer(layers[0]).gradient])
