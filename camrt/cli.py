@@ -95,6 +95,22 @@ def parse_options(items: tuple[str, ...]) -> dict[str, object]:
     return options
 
 
+DEVICES = ("auto", "cpu", "cuda", "openvino")  # camrt.engine.session.DEVICES (not imported: no onnxruntime at start-up)
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+def runtime_options(f):
+    """--device and --precision, as `Engine` takes them (f32 is its precision=None)."""
+    f = click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
+                     help="bf16 (CPUs with native bfloat16) or f16 (Intel GPUs): with --device openvino only.")(f)
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                        help="openvino: ONNX Runtime's OpenVINO provider (camrt[openvino]).")(f)
+
+
+def _precision(name: str) -> str | None:
+    return None if name == "f32" else name
+
+
 def friendly(f):
     """Turn camrt errors into one line on stderr; unexpected ones too unless --traceback."""
 
@@ -306,7 +322,7 @@ def methods() -> None:
 @click.option("--save-npy", is_flag=True, help="Also save each saliency map as .npy.")
 @click.option("--topk", type=int, default=5, show_default=True,
               help="Predictions to print per image (all classes if the model has fewer).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@runtime_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods.")
 @click.option("-O", "--option", "option_items", multiple=True, metavar="NAME=VALUE",
               help="A method option, e.g. -O n=8 (repeat; `camrt methods` lists them).")
@@ -315,13 +331,13 @@ def methods() -> None:
 @friendly
 def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, class_idx: int | None,
             layer_names: tuple[str, ...], colormap: str, alpha: float, save_npy: bool, topk: int, device: str,
-            seed: int, option_items: tuple[str, ...], chunk_size: int) -> None:
+            precision: str, seed: int, option_items: tuple[str, ...], chunk_size: int) -> None:
     """Explain IMAGES (files or directories) with MODEL and write overlays to --out."""
     from camrt.engine import Engine
     from camrt.explain import explain_files
 
     options = parse_options(option_items)
-    engine = Engine(model, device=device, chunk_size=chunk_size)
+    engine = Engine(model, device=device, chunk_size=chunk_size, precision=_precision(precision))
     layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
     click.echo(f"{Path(model).name}: provider {engine.provider}")
     failed = 0
@@ -364,13 +380,14 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
 @click.option("--class-idx", type=int, help="Class to explain (default: the top-1 class of each image).")
 @click.option("--batch", type=int, default=8, show_default=True, help="Images per run (memory grows with it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods, metrics, bootstrap.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@runtime_options
 @click.option("--chunk-size", type=int, default=16, show_default=True,
               help="Perturbed copies per network run (memory grows with it).")
 @click.option("--no-plots", is_flag=True, help="Leave out the PNG plots (they need matplotlib, camrt[eval]).")
 @friendly
 def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, output: str, annotations: str | None,
-             class_idx: int | None, batch: int, seed: int, device: str, chunk_size: int, no_plots: bool) -> None:
+             class_idx: int | None, batch: int, seed: int, device: str, precision: str, chunk_size: int,
+             no_plots: bool) -> None:
     """Score METHODS' maps of IMAGES (files or folders) with faithfulness and localisation metrics,
     and write a report (CSV, Markdown, plots) to --output."""
     from camrt.engine import Engine
@@ -379,7 +396,7 @@ def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, ou
 
     resolve_methods(methods)  # unknown names: one line before the model is even loaded
     resolve_metrics(metrics)
-    engine = Engine(model, device=device, chunk_size=chunk_size)
+    engine = Engine(model, device=device, chunk_size=chunk_size, precision=_precision(precision))
     bar: list = []
 
     def progress(done: int, total: int) -> None:  # a bar on a terminal only; none in logs
@@ -432,7 +449,7 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per graph run.")
 @click.option("--layer", "layer_names", multiple=True, help="Target layer; repeat to fuse several (default: last).")
 @click.option("--class-idx", type=int, help="Class to explain in every frame (default: each frame's top-1).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@runtime_options
 @click.option("--codec", help="FourCC of the output codec, e.g. mp4v, avc1, MJPG [default: from the suffix].")
 @click.option("--colormap", default="jet", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Heat-map weight in the overlay.")
@@ -444,6 +461,7 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @friendly
 def video(model: str, source: str, output: str | None, method: str, show: bool, every: int, size_text: str | None,
           panel: bool, smooth: float, batch: int, layer_names: tuple[str, ...], class_idx: int | None, device: str,
+          precision: str,
           codec: str | None, colormap: str, alpha: float, timeout: float, seed: int,
           option_items: tuple[str, ...]) -> None:
     """Explain the frames of SOURCE (a video file, a camera index such as 0, or a stream URL) with
@@ -462,7 +480,7 @@ def video(model: str, source: str, output: str | None, method: str, show: bool, 
     from camrt.video import VideoInterrupted, VideoWriteError, explain_video
 
     # Decode and encode threads share the cores with the model: its threads must not spin between runs.
-    engine = Engine(model, device=device, spinning=False)
+    engine = Engine(model, device=device, spinning=False, precision=_precision(precision))
     layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
     click.echo(f"{Path(model).name}: provider {engine.provider}; {method}, batch {batch}")
     last = [0.0]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import camrt
 from camrt.cli import main
 from camrt.engine import open_session
 from camrt.errors import ModelLoadError
@@ -249,3 +250,25 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, weights) -> None:
     assert proc.stderr.splitlines() == [f"camrt: error: cannot write '{out}': File too large"]
     assert proc.stdout == ""
     assert list(out_dir.iterdir()) == []
+
+
+def test_runtime_choices_match_the_engine():
+    """The CLI lists the engine's devices without importing onnxruntime at start-up."""
+    from camrt import cli
+    from camrt.engine.session import DEVICES, PRECISIONS
+
+    assert cli.DEVICES == DEVICES and set(cli.PRECISIONS) == {"f32", *PRECISIONS}
+
+
+@pytest.mark.parametrize("command", ["explain", "eval", "video"])
+def test_precision_without_openvino_is_one_line(tmp_path, command):
+    """--precision bf16 on the CPU provider is refused by the engine, in one line, before any work."""
+    model = tmp_path / "m.cam.onnx"
+    camrt.export(make(TinyNet, seed=0), layers=["layer2"], path=model, input_shape=(1, 3, 32, 32))
+    source = tmp_path / "in.png"
+    source.write_bytes(b"not read")
+    args = {"explain": ["explain", str(model), str(source), "-o", str(tmp_path / "o")],
+            "eval": ["eval", str(model), str(source), "-o", str(tmp_path / "r")],
+            "video": ["video", str(model), str(source), "-o", str(tmp_path / "v.mp4")]}[command]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu", "--precision", "bf16"])
+    assert_one_line_error(result, "precision")
