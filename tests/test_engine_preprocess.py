@@ -254,3 +254,15 @@ def test_check_batch_names_the_images_with_nan_or_inf() -> None:
         check_batch(x, (3, 4, 5))
     big = np.full((2, 3, 4, 5), np.finfo(np.float32).max, np.float32)  # large but finite: accepted
     assert check_batch(big, (3, 4, 5)) is big
+
+
+def test_nonfinite_images_is_exact_when_a_sum_overflows():
+    """Large finite values whose float32 sum overflows are finite; a NaN or an infinity is found in
+    its own image."""
+    from camrt.engine.preprocess import nonfinite_images
+
+    big = np.full((3, 4, 5), 3e38, np.float32)
+    assert nonfinite_images(big) == []
+    big[1, 2, 3], big[2, 0, 0] = np.nan, -np.inf
+    assert nonfinite_images(big, np.zeros((3, 2), np.float32)) == [1, 2]
+    assert nonfinite_images(np.full((2, 3), 6e4, np.float16)) == []
