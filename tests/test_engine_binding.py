@@ -177,3 +177,21 @@ def test_cuda_graph_sets_the_cuda_provider_option(monkeypatch, path):
 def test_precision_without_openvino_is_refused(path):
     with pytest.raises(InputError, match="precision"):
         Engine(path, device="cpu", precision="bf16")
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_explain_from_a_head_fetches_only_what_it_reads(path, x, monkeypatch, io_binding):
+    """With a map head, explain asks the run for the logits, the classes, the map and its saliency
+    only: the activations and gradients are not copied out (the same map as a full pass gives)."""
+    import camrt.engine.engine as engine_module
+
+    asked = []
+    original = engine_module.run_chunked
+    monkeypatch.setattr(engine_module, "run_chunked",
+                        lambda session, feeds, chunk, names=None, **k: asked.append(names) or original(
+                            session, feeds, chunk, names, **k))
+    engine = Engine(path, device="cpu", io_binding=io_binding)
+    got = engine.explain(x, "gradcam")
+    assert asked == [["logits", "class_idx_used", "map.gradcam.layer2", "saliency.gradcam"]]
+    ref = engine.explain_pass(engine.forward(x), "gradcam")
+    np.testing.assert_array_equal(got.saliency, ref.saliency)
