@@ -56,7 +56,7 @@ COPY pyproject.toml README.md ./
 COPY camrt ./camrt
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[gpu,overlay]" \
+    && /opt/venv/bin/pip install --no-cache-dir ".[gpu,overlay,metrics]" \
     && lib=$(/opt/venv/bin/python -c "import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parent / 'capi' / 'libonnxruntime_providers_cuda.so')") \
     && missing=$(ldd "$lib" | grep 'not found' | grep -v 'libcuda\.so' || true) \
     && if [ -n "$missing" ]; then echo "the CUDA provider needs libraries this base image lacks:" >&2; echo "$missing" >&2; exit 1; fi
