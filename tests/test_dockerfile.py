@@ -156,7 +156,7 @@ def test_runtime_is_gpu_without_torch(dockerfile) -> None:
     _, stages, _ = dockerfile
     runtime = [c for name in ("runtime-build", "runtime") for c in stages[name].runs()]
     extras = _extras(runtime)
-    assert extras == [{"gpu", "overlay"}]
+    assert extras == [{"gpu", "overlay", "metrics"}]  # the runtime, overlays and video, camrt eval's ROAD
     assert not any(re.search(r"\btorch", c) for c in runtime)
     assert stages["runtime"].base == stages["runtime-build"].base  # the venv's python is the base's
 
