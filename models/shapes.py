@@ -1,7 +1,7 @@
 """A ground-truth benchmark that needs no download: procedural shapes and a small CNN trained on them.
 
 Every image holds exactly one object of one of eight shape classes (`CLASSES`), drawn at a random
-place, size, rotation and colour on a cluttered textured background, among 3 to 7 distractors
+place, size, rotation and colour on a cluttered textured background, among 2 to 6 distractors
 (thick lines, polylines, elongated ellipses, lumpy blobs) that belong to no class. The object's
 pixel mask and box are known exactly: the mask is the set of pixels painted with the object's
 colour (no anti-aliasing), drawn away from every distractor, so nothing covers it.
@@ -54,11 +54,11 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 LAYER = "block5"  # the last conv block: the target layer for CAMs
 WEIGHTS = Path(__file__).with_name("shapes_cnn.pt")
-TRAIN_SEED0 = 1000  # training used seeds TRAIN_SEED0 + epoch; every seed below is held out
+TRAIN_SEED0 = 1000  # training images come from seeds >= TRAIN_SEED0; every seed below is held out
 
-RADIUS = (9.0, 20.0)  # circumradius of objects and distractors, in pixels at SIZE
+RADIUS = (11.0, 22.0)  # circumradius of objects and distractors, in pixels at SIZE
 MIN_CONTRAST = 90.0  # RGB distance between a shape's colour and the mean background under it
-DISTRACTORS = (3, 8)  # half-open range of distractor counts
+DISTRACTORS = (2, 7)  # half-open range of distractor counts
 STRIPED = 0.3  # probability that a shape (object or distractor) is filled with two-colour stripes
 
 
@@ -301,12 +301,16 @@ def load_model() -> torch.nn.Module:
     return model.eval()
 
 
-def write(directory: str | Path, n: int, seed: int, size: int = SIZE) -> Path:
+def write(directory: str | Path, n: int, seed: int, size: int = SIZE, annotate: str = "both") -> Path:
     """Write `generate(n, seed, size)` as files for `camrt eval`: `shape_0000.png` (RGB),
     `shape_0000.mask.png` (the mask, 0 or 255), `annotations.json`
     (`{"shape_0000.png": {"boxes": [[x0, y0, x1, y1]], "mask": "shape_0000.mask.png"}}`, box
-    corners in pixels, x1 and y1 exclusive), `labels.csv` (file, class_idx, class) and
-    `labels.txt` (the class names in index order, for `camrt export --labels`). Returns the folder."""
+    corners in pixels, x1 and y1 exclusive; `annotate` "both", "mask" or "boxes" says which keys
+    an entry holds: `camrt.annotations` takes the union of an entry's boxes and mask, which is
+    the box), `labels.csv` (file, class_idx, class) and `labels.txt` (the class names in index
+    order, for `camrt export --labels`). Returns the folder."""
+    if annotate not in ("both", "mask", "boxes"):
+        raise ValueError(f"annotate must be 'both', 'mask' or 'boxes', got {annotate!r}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     images, labels, boxes, masks = generate(n, seed, size)
@@ -317,7 +321,8 @@ def write(directory: str | Path, n: int, seed: int, size: int = SIZE) -> Path:
         if not cv2.imwrite(str(out / f"{name}.png"), images[i][..., ::-1]):
             raise OSError(f"cannot write {out / f'{name}.png'}")
         cv2.imwrite(str(out / f"{name}.mask.png"), masks[i].astype(np.uint8) * 255)
-        annotations[f"{name}.png"] = {"boxes": [[int(v) for v in boxes[i]]], "mask": f"{name}.mask.png"}
+        entry = {"boxes": [[int(v) for v in boxes[i]]], "mask": f"{name}.mask.png"}
+        annotations[f"{name}.png"] = {k: v for k, v in entry.items() if annotate in ("both", k)}
         rows.append((f"{name}.png", int(labels[i]), CLASSES[labels[i]]))
     (out / "annotations.json").write_text(json.dumps(annotations, indent=1) + "\n", encoding="utf-8")
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
@@ -334,8 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--n", type=int, default=200)
     w.add_argument("--seed", type=int, default=1, help=f"held out when below {TRAIN_SEED0} (default 1)")
     w.add_argument("--size", type=int, default=SIZE)
+    w.add_argument("--annotate", choices=("both", "mask", "boxes"), default="both",
+                   help="the keys of each annotations.json entry (camrt eval uses their union)")
     args = parser.parse_args(argv)
-    write(args.directory, args.n, args.seed, args.size)
+    write(args.directory, args.n, args.seed, args.size, args.annotate)
 
 
 if __name__ == "__main__":
