@@ -4,7 +4,7 @@ The ground-truth test (`test_gradcam_beats_a_centre_prior_and_a_random_map`) exp
 class of 200 held-out images (seed 2: training used seeds >= TRAIN_SEED0, development used seed 0)
 with Grad-CAM through the exported graph, at the CNN's last conv block, and compares it with two
 maps that know nothing about the image: a centred Gaussian (σ = a quarter of the side) and
-uniform noise. Quantities, from their definitions:
+uniform noise. Quantities, by `camrt.metrics` (checked here against their definitions, computed in this file):
 - pointing game (Zhang et al. 2018, https://arxiv.org/abs/1608.00507): a hit when the map's
   maximum lies within 15 px of the object's mask; the score is the fraction of hits;
 - energy-based pointing game (Score-CAM, Wang et al. 2020, https://arxiv.org/abs/1910.01279):
@@ -107,6 +107,7 @@ def energy(saliency: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def test_gradcam_beats_a_centre_prior_and_a_random_map(tmp_path) -> None:
     import camrt
     from camrt.engine import Engine
+    from camrt.metrics import evaluate
     from models.shapes import load_model
 
     path = tmp_path / "shapes.cam.onnx"
@@ -119,9 +120,15 @@ def test_gradcam_beats_a_centre_prior_and_a_random_map(tmp_path) -> None:
 
     yy, xx = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2
     centre = np.broadcast_to(np.exp(-(yy**2 + xx**2) / (2 * (SIZE / 4) ** 2)), masks.shape)
-    maps = {"gradcam": result.saliency, "centre": centre, "random": np.random.default_rng(0).random(masks.shape)}
-    pointing = {k: pointing_hits(s, masks).mean() for k, s in maps.items()}
-    energies = {k: energy(s, masks).mean() for k, s in maps.items()}
+    maps = {"gradcam": result.saliency, "centre": np.ascontiguousarray(centre, np.float32),
+            "random": np.random.default_rng(0).random(masks.shape, np.float32)}
+    scores = evaluate(engine, engine.prepare(list(images)), maps, labels, ["pointing-game", "energy-pointing-game"],
+                      masks=list(masks))
+    for k, s in maps.items():  # camrt.metrics against the definitions computed here
+        np.testing.assert_array_equal(scores[k, "pointing-game"].values, pointing_hits(s, masks))
+        np.testing.assert_allclose(scores[k, "energy-pointing-game"].values, energy(s, masks), rtol=1e-5)
+    pointing = {k: scores[k, "pointing-game"].values.mean() for k in maps}
+    energies = {k: scores[k, "energy-pointing-game"].values.mean() for k in maps}
     for baseline in ("centre", "random"):
         assert pointing["gradcam"] >= pointing[baseline] + POINTING_MARGIN, (pointing, energies)
         assert energies["gradcam"] >= ENERGY_RATIO * energies[baseline], (pointing, energies)
