@@ -120,13 +120,13 @@ def test_fixed_batch_pads_and_drops_rows(path, x):
     ref = dict(zip(names, session.run(names, {"input": x, "class_idx": cls}), strict=True))
     fixed = FixedBatch(session, 4, Binder("cpu"))
     for rows in (slice(0, 4), slice(4, 5), slice(1, 3)):  # full, padded from one row, padded again
-        got = fixed.run({"input": x[rows], "class_idx": cls[rows]})
+        got = dict(zip(names, fixed.run(names, {"input": x[rows], "class_idx": cls[rows]}), strict=True))
         for n in names:
             np.testing.assert_allclose(got[n], ref[n][rows], rtol=1e-6, atol=1e-7, err_msg=n)
     with pytest.raises(ValueError, match="rows given"):
-        fixed.run({"input": x, "class_idx": cls})
+        fixed.run(None, {"input": x, "class_idx": cls})
     with pytest.raises(ValueError, match="feed 'input'"):
-        fixed.run({"input": x[:2, :, :16], "class_idx": cls[:2]})
+        fixed.run(None, {"input": x[:2, :, :16], "class_idx": cls[:2]})
 
 
 def test_engine_through_a_fixed_batch_gives_the_same_results(path, x):

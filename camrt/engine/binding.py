@@ -112,9 +112,13 @@ class FixedBatch:
             self.binding.bind_ortvalue_output(arg.name, value)
             self.outputs[arg.name] = value
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every output for `feeds` (at most `rows` rows; the same names, dtypes and trailing
-        shapes every run), as numpy arrays of the real rows."""
+    def get_outputs(self) -> list[ort.NodeArg]:
+        return self.session.get_outputs()
+
+    def run(self, names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs `names` (None: all) for `feeds` (at most `rows` rows; the same names, dtypes
+        and trailing shapes every run), as numpy arrays of the real rows: `InferenceSession.run`'s
+        interface, so that `camrt.engine.graphs.run_chunked` splits a batch into such runs."""
         n = len(next(iter(feeds.values())))
         if not 0 < n <= self.rows:
             raise ValueError(f"{n} rows given to a graph run at {self.rows}")
@@ -137,7 +141,7 @@ class FixedBatch:
                 bound.update_inplace(value)
         self.session.run_with_iobinding(self.binding)
         # copied: on the CPU, numpy() is a view of the buffer that the next run overwrites
-        return {name: np.array(value.numpy()[:n]) for name, value in self.outputs.items()}
+        return [np.array(self.outputs[name].numpy()[:n]) for name in (self.outputs if names is None else names)]
 
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

@@ -182,10 +182,8 @@ class Engine:
         """All graph outputs for a batch, in chunks of `chunk_size` rows. With IO binding, those in
         `host` (None: all) are copied to the host at once, the others when first read."""
         feeds = {INPUT: x, CLASS_IDX: class_idx}
-        if self._fixed is not None:
-            runs = [self._fixed.run({k: v[s:s + self.chunk_size] for k, v in feeds.items()})
-                    for s in range(0, len(x), self.chunk_size)]
-            return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+        if self._fixed is not None:  # its buffers are bound once: every output comes to the host
+            return run_chunked(self._fixed, feeds, self.chunk_size)
         return run_chunked(self._session, feeds, self.chunk_size, binder=self.graphs.binder, host=host)
 
     def class_scores(self, x: np.ndarray, class_idx: int | Sequence[int] | np.ndarray,
@@ -278,13 +276,14 @@ class Engine:
         non_negative_int(seed, "seed")
         opts = self.configure(spec, options)
         head = self._head(spec, layers, opts)
-        host, heads = None, []
+        read, heads = None, []
         if head is not None:
             # Only the map (and CAM's gradient, for its check) are read: no other output is fetched.
             outputs = [head, *[n for n in [saliency_name(spec.name)] if n in self._outputs]]
-            host = [*outputs, *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
+            read = [*outputs, *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
             heads = [] if spec.uses_gradient else outputs  # a gradient-free head (Recipro-CAM): no gradient branch
-        p = self._forward(images, class_idx, spec.uses_gradient, host, heads, only=host)
+        # (no `host`: every output fetched is read, so all of it comes to the host)
+        p = self._forward(images, class_idx, spec.uses_gradient, None, heads, only=read)
         return self._explain_pass(p, spec, layers, seed, progress, opts, head)
 
     def _head(self, spec: Method, layers: Sequence[str], options: Options) -> str | None:

@@ -15,13 +15,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from camrt.engine.binding import Binder, Outputs
+from camrt.engine.binding import Binder, FixedBatch, Outputs
 from camrt.engine.session import open_session
 from camrt.errors import InputError
 from camrt.manifest import INPUT, INPUT_GRADIENT, LOGITS
 
 
-def run_chunked(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], chunk: int,
+def run_chunked(session: ort.InferenceSession | FixedBatch, feeds: Mapping[str, np.ndarray], chunk: int,
                 names: Sequence[str] | None = None, binder: Binder | None = None,
                 host: Collection[str] | None = None) -> Mapping[str, np.ndarray]:
     """`session`'s outputs `names` (None: all) for `feeds`, run `chunk` rows at a time: every feed
