@@ -65,14 +65,17 @@ def plain_onnx(model: torch.nn.Module, path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what `platform` knows)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    return (f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"onnxruntime {ort.__version__}, Python {platform.python_version()}")
 
 

@@ -71,6 +71,7 @@ from camrt.engine import Engine  # noqa: E402
 from camrt.engine.session import providers_for  # noqa: E402
 from camrt.manifest import map_name, saliency_name  # noqa: E402
 from camrt.methods import METHODS, normalize, upsample  # noqa: E402
+from tools.bench_gradcam import cpu_name  # noqa: E402
 from tools.gpu_blocks import (  # noqa: E402
     CUDA,
     HEAD_TOLERANCE,
@@ -406,12 +407,7 @@ def depthwise(s: Settings, workdir: Path, table: Table,
 # The run.
 
 def machine(device: str) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     gpu = "no GPU used"
     if device == "cuda":
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU name unknown (torch without CUDA)"
