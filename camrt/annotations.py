@@ -5,19 +5,28 @@ Two formats, told apart by their content:
 
 - camrt's own (`annotations.json` beside the images): an object keyed by image file name, each
   entry holding `boxes` (a list of `[x0, y0, x1, y1]` in the image's pixels), `mask` (a PNG,
-  path relative to the JSON file, white where the object is), or both::
+  path relative to the JSON file, white where the object is), or both, and optionally `class`:
+  the class of the objects, as the model's class index (an integer) or one of its labels (a
+  string, as `camrt export --labels` wrote them). An image with objects of several classes has a
+  list of such entries::
 
-      {"cat.jpg": {"boxes": [[12, 30, 200, 180]]}, "dog.png": {"mask": "dog.mask.png"}}
+      {"cat.jpg": {"boxes": [[12, 30, 200, 180]], "class": 281},
+       "dog.png": {"mask": "dog.mask.png"},
+       "both.jpg": [{"boxes": [[0, 0, 50, 60]], "class": "tabby"}, {"boxes": [[60, 0, 99, 40]], "class": 207}]}
 
 - COCO-style: an object with `images` (`id`, `file_name`, optional `width` and `height`) and
   `annotations` (`image_id`, `bbox` as `[x, y, width, height]`, optional `segmentation` as
   polygons `[[x1, y1, x2, y2, ...], ...]` or RLE `{"counts": ..., "size": [h, w]}`, compressed
-  or not). An annotation's segmentation is used when it has one, its box otherwise.
+  or not). An annotation's segmentation is used when it has one, its box otherwise. The class of
+  an annotation is the `name` of its `category_id` in `categories` (matched against the model's
+  labels); without a `categories` list that names it, the `category_id` itself is taken as the
+  model's class index.
 
 Coordinates are in the pixels of the image as camrt reads it (turned upright by a JPEG's EXIF
 tag): x to the right, y down, (0, 0) the top-left corner of the top-left pixel, so a pixel's
-centre is at (column + 0.5, row + 0.5). An image's objects are merged into one mask (the union);
-categories are not read. A key names an image by its file name, or by a path ending in it
+centre is at (column + 0.5, row + 0.5). An image's objects are grouped by class, one `Annotation`
+per class (`label`, None where the file names none), each the union of its objects; `union`
+merges the groups into one mask. A key names an image by its file name, or by a path ending in it
 (`sub/cat.jpg`); a key that names no image given is ignored, one that could name two is an error.
 
 The engine resizes the whole image to the model's H×W (no crop, aspect not kept), so a point
@@ -42,7 +51,9 @@ from camrt.errors import InputError, first_line
 
 ANNOTATIONS_FILE = "annotations.json"  # what `camrt eval` looks for beside the images
 
-_ENTRY_KEYS = ("boxes", "mask")
+_ENTRY_KEYS = ("boxes", "mask", "class")
+
+Label = int | str  # a class: the model's class index, or one of its labels
 
 
 @dataclass(frozen=True)
@@ -60,10 +71,12 @@ class Rle:
 
 @dataclass(frozen=True)
 class Annotation:
-    """The objects of one image, in that image's pixel coordinates (see the module docstring).
+    """The objects of one class in one image, in that image's pixel coordinates (see the module
+    docstring).
 
     `where` names the file and key it came from, for messages; `size` is the (h, w) the file says
-    the image has (COCO's `height`, `width`), checked against the image when it is read."""
+    the image has (COCO's `height`, `width`), checked against the image when it is read; `label`
+    is the objects' class (the model's class index or one of its labels), None when not given."""
 
     where: str
     boxes: tuple[tuple[float, float, float, float], ...] = ()
@@ -71,6 +84,7 @@ class Annotation:
     rles: tuple[Rle, ...] = ()
     mask_files: tuple[Path, ...] = ()
     size: tuple[int, int] | None = None
+    label: Label | None = None
 
     def mask(self, image_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
         """The union of the objects as a bool H×W mask at `input_size` (H, W), for an image of
@@ -105,38 +119,60 @@ class Annotation:
 
 @dataclass(frozen=True)
 class Annotations:
-    """The annotations of one file, keyed as written (image file names or paths)."""
+    """The annotations of one file, keyed as written (image file names or paths): per image its
+    objects grouped by class, one `Annotation` per label (see `group`)."""
 
     path: Path
     format: str  # "camrt" or "coco"
-    entries: dict[str, Annotation] = field(default_factory=dict)
+    entries: dict[str, tuple[Annotation, ...]] = field(default_factory=dict)
 
     def mask_files(self) -> set[Path]:
         """The mask images the entries name (resolved): not images to evaluate when they lie
         beside them."""
-        return {p.resolve() for a in self.entries.values() for p in a.mask_files}
+        return {p.resolve() for groups in self.entries.values() for a in groups for p in a.mask_files}
 
-    def for_images(self, images: Sequence[str | os.PathLike]) -> list[Annotation | None]:
-        """Each image's annotation, None where the file has none. A key matches an image whose
-        path ends with the key's parts (`cat.jpg`, `sub/cat.jpg`).
+    def labels(self) -> set[Label]:
+        """Every class the file names."""
+        return {a.label for groups in self.entries.values() for a in groups if a.label is not None}
+
+    def for_images(self, images: Sequence[str | os.PathLike]) -> list[tuple[Annotation, ...]]:
+        """Each image's annotations (one per class), () where the file has none. A key matches an
+        image whose path ends with the key's parts (`cat.jpg`, `sub/cat.jpg`).
 
         Raises:
             InputError: a key that matches more than one of the images.
         """
-        found: list[Annotation | None] = [None] * len(images)
+        found: list[tuple[Annotation, ...]] = [()] * len(images)
         parts = [Path(p).parts for p in images]
         index: dict[str, list[int]] = {}
         for i, p in enumerate(parts):
             index.setdefault(p[-1], []).append(i)
-        for key, ann in self.entries.items():
+        for key, groups in self.entries.items():
             kp = PurePosixPath(key.replace("\\", "/")).parts
             hits = [i for i in index.get(kp[-1], []) if parts[i][-len(kp):] == kp] if kp else []
             if len(hits) > 1:
                 raise InputError(f"'{self.path}': key '{key}' matches {len(hits)} images ({Path(images[hits[0]])}, "
                                  f"{Path(images[hits[1]])}, ...); write a longer path in the key")
             if hits:
-                found[hits[0]] = ann
+                found[hits[0]] = groups
         return found
+
+
+def union(annotations: Sequence[Annotation], label: Label | None = None) -> Annotation:
+    """One `Annotation` holding every object of `annotations` (of one image), with `label`."""
+    if not annotations:
+        raise ValueError("union of no annotations")
+    first = annotations[0]
+    sizes = {a.size for a in annotations if a.size is not None}
+    return Annotation(first.where, tuple(b for a in annotations for b in a.boxes),
+                      tuple(p for a in annotations for p in a.polygons), tuple(r for a in annotations for r in a.rles),
+                      tuple(m for a in annotations for m in a.mask_files), next(iter(sizes), None), label)
+
+
+def group(annotations: Sequence[Annotation]) -> tuple[Annotation, ...]:
+    """`annotations` of one image merged per label, in the order the labels first appear."""
+    labels = list(dict.fromkeys(a.label for a in annotations))
+    return tuple(union([a for a in annotations if a.label == lab], lab) for lab in labels)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -221,16 +257,32 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
         raise InputError(f"annotations '{p}' must hold a JSON object: image file names mapped to "
                          "{\"boxes\": [[x0, y0, x1, y1], ...], \"mask\": \"FILE.png\"}, "
                          "or COCO's images and annotations")
-    return Annotations(p, "camrt", {str(k): _read_entry(p, str(k), v) for k, v in data.items()})
+    return Annotations(p, "camrt", {str(k): _read_entries(p, str(k), v) for k, v in data.items()})
+
+
+def _read_entries(path: Path, key: str, entry: object) -> tuple[Annotation, ...]:
+    """An entry (an object) or a list of them, one per class."""
+    if not isinstance(entry, list):
+        return (_read_entry(path, key, entry),)
+    if not entry:
+        raise InputError(f"'{path}', entry '{key}': an empty list; leave images without objects out of the file")
+    return group([_read_entry(path, f"{key}[{i}]", e) for i, e in enumerate(entry)])
 
 
 def _read_entry(path: Path, key: str, entry: object) -> Annotation:
     where = f"'{path}', entry '{key}'"
     if not isinstance(entry, dict):
-        raise InputError(f"{where}: must be an object with 'boxes' and/or 'mask', got {_kind(entry)}")
+        raise InputError(f"{where}: must be an object with 'boxes' and/or 'mask' (and optionally 'class'), or a "
+                         f"list of them, got {_kind(entry)}")
     unknown = sorted(set(entry) - set(_ENTRY_KEYS))
     if unknown:
-        raise InputError(f"{where}: unknown key '{unknown[0]}'; an entry holds 'boxes' and/or 'mask'")
+        raise InputError(f"{where}: unknown key '{unknown[0]}'; an entry holds 'boxes' and/or 'mask', and "
+                         "optionally 'class'")
+    label = entry.get("class")
+    if "class" in entry and not (isinstance(label, str) and label or isinstance(label, int)
+                                 and not isinstance(label, bool) and label >= 0):
+        raise InputError(f"{where}: 'class' must be the model's class index (an integer ≥ 0) or one of its labels "
+                         f"(a string), got {json.dumps(label)[:40]}")
     raw = entry.get("boxes", [])
     if not isinstance(raw, list):
         raise InputError(f"{where}: 'boxes' must be a list of [x0, y0, x1, y1], got {_kind(raw)}")
@@ -247,7 +299,7 @@ def _read_entry(path: Path, key: str, entry: object) -> Annotation:
         masks = (mask_path,)
     if not boxes and not masks:
         raise InputError(f"{where}: no boxes and no mask; leave images without objects out of the file")
-    return Annotation(where, boxes=boxes, mask_files=masks)
+    return Annotation(where, boxes=boxes, mask_files=masks, label=label)
 
 
 def _corners(box: object, where: str) -> tuple[float, float, float, float]:
@@ -271,7 +323,7 @@ def _kind(value: object) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(value), json.dumps(value)[:40])
 
 
-def _read_coco(path: Path, data: dict) -> dict[str, Annotation]:
+def _read_coco(path: Path, data: dict) -> dict[str, tuple[Annotation, ...]]:
     """COCO's images and annotations, keyed by `file_name`; images without annotations left out."""
     images: dict[object, tuple[str, tuple[int, int] | None]] = {}
     for i, im in enumerate(data["images"]):
@@ -288,13 +340,18 @@ def _read_coco(path: Path, data: dict) -> dict[str, Annotation]:
     anns = data.get("annotations")
     if not isinstance(anns, list):
         raise InputError(f"'{path}': COCO-style annotations need an 'annotations' list")
-    found: dict[object, dict[str, list]] = {}
+    names = _coco_categories(path, data.get("categories"))
+    found: dict[tuple[object, Label | None], dict[str, list]] = {}
     for i, a in enumerate(anns):
         where = f"'{path}', annotations[{i}]"
         if not isinstance(a, dict) or a.get("image_id") not in images:
             raise InputError(f"{where}: 'image_id' must be the id of an entry of 'images', got "
                              f"{a.get('image_id') if isinstance(a, dict) else a!r}")
-        parts = found.setdefault(a["image_id"], {"boxes": [], "polygons": [], "rles": []})
+        cat = a.get("category_id")
+        if cat is not None and (isinstance(cat, bool) or not isinstance(cat, int) or cat < 0):
+            raise InputError(f"{where}: 'category_id' must be an integer ≥ 0, got {json.dumps(cat)[:40]}")
+        label = names.get(cat, cat)
+        parts = found.setdefault((a["image_id"], label), {"boxes": [], "polygons": [], "rles": []})
         seg = a.get("segmentation")
         if seg:  # COCO writes [] for "none"
             size = images[a["image_id"]][1]
@@ -306,8 +363,26 @@ def _read_coco(path: Path, data: dict) -> dict[str, Annotation]:
             parts["boxes"].append((x, y, x + bw, y + bh))
         else:
             raise InputError(f"{where}: needs a 'bbox' or a 'segmentation'")
-    return {images[k][0]: Annotation(f"'{path}', image '{images[k][0]}'", tuple(v["boxes"]), tuple(v["polygons"]),
-                                     tuple(v["rles"]), size=images[k][1]) for k, v in found.items()}
+    out: dict[str, tuple[Annotation, ...]] = {}
+    for (k, label), v in found.items():
+        name, size = images[k]
+        out[name] = (*out.get(name, ()), Annotation(f"'{path}', image '{name}'", tuple(v["boxes"]),
+                                                    tuple(v["polygons"]), tuple(v["rles"]), size=size, label=label))
+    return out
+
+
+def _coco_categories(path: Path, categories: object) -> dict[int, str]:
+    """COCO's `categories`: id → name (an absent list names none)."""
+    if categories is None:
+        return {}
+    if not isinstance(categories, list):
+        raise InputError(f"'{path}': 'categories' must be a list of {{\"id\": ..., \"name\": ...}}")
+    names = {}
+    for i, c in enumerate(categories):
+        if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) and c["name"]):
+            raise InputError(f"'{path}', categories[{i}]: a category needs an integer 'id' and a 'name'")
+        names[c["id"]] = c["name"]
+    return names
 
 
 def _coco_segmentation(seg: object, where: str, size: tuple[int, int] | None, parts: dict[str, list]) -> None:

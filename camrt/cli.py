@@ -377,8 +377,11 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
 @click.option("-o", "--output", default="report", show_default=True, type=click.Path(), help="Report folder.")
 @click.option("--annotations", type=click.Path(),
               help="Boxes or masks: camrt's JSON or COCO-style [default: annotations.json in the images' folder].")
-@click.option("--class-idx", type=int, help="Class to explain (default: the top-1 class of each image).")
-@click.option("--batch", type=int, default=8, show_default=True, help="Images per run (memory grows with it).")
+@click.option("--classes", "classes_text", default="auto", show_default=True, metavar="auto|annotated|top1|N",
+              help="Class each map explains: auto = each class the annotations name (scored against its objects), "
+                   "else the top-1; annotated = only those; top1 = each image's top-1; N = class N everywhere.")
+@click.option("--batch", type=int, default=8, show_default=True,
+              help="Image-and-class rows per run (memory grows with it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised methods, metrics, bootstrap.")
 @runtime_options
 @click.option("--chunk-size", type=int, default=16, show_default=True,
@@ -386,7 +389,7 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
 @click.option("--no-plots", is_flag=True, help="Leave out the PNG plots (they need matplotlib, camrt[eval]).")
 @friendly
 def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, output: str, annotations: str | None,
-             class_idx: int | None, batch: int, seed: int, device: str, precision: str, chunk_size: int,
+             classes_text: str, batch: int, seed: int, device: str, precision: str, chunk_size: int,
              no_plots: bool) -> None:
     """Score METHODS' maps of IMAGES (files or folders) with faithfulness and localisation metrics,
     and write a report (CSV, Markdown, plots) to --output."""
@@ -407,11 +410,13 @@ def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, ou
 
     try:
         r = evaluate_folder(engine, images, methods, metrics, output, annotations, batch=batch, seed=seed,
-                            class_idx=class_idx, plots=not no_plots, progress=progress if sys.stderr.isatty() else None)
+                            classes=_classes(classes_text), plots=not no_plots,
+                            progress=progress if sys.stderr.isatty() else None)
     finally:
         if bar:
             bar[0].__exit__(None, None, None)
-    click.echo(f"{Path(model).name}: provider {engine.provider}; {len(r.images)} images in {r.seconds:.1f} s "
+    click.echo(f"{Path(model).name}: provider {engine.provider}; {len(set(r.images))} images, {len(r.images)} "
+               f"image-class rows in {r.seconds:.1f} s "
                f"(metrics {r.timings.get('metrics', 0.0):.1f} s); "
                f"wrote {len(r.written)} files to {r.output} (report.md)")
     width = max(len(c.method) for c in r.table) if r.table else 0
@@ -423,6 +428,12 @@ def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, ou
         click.echo(f"camrt: error: skipped '{path}': {why}", err=True)
     if r.skipped:
         sys.exit(EXIT_USER_ERROR)
+
+
+def _classes(text: str) -> int | str:
+    """--classes: a class index (digits, or -1 for the top-1) or a mode name, checked by the library."""
+    t = text.strip()
+    return int(t) if t.lstrip("-").isdigit() else t
 
 
 def _size(text: str | None) -> tuple[int, int] | None:

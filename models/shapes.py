@@ -304,10 +304,11 @@ def load_model() -> torch.nn.Module:
 def write(directory: str | Path, n: int, seed: int, size: int = SIZE, annotate: str = "both") -> Path:
     """Write `generate(n, seed, size)` as files for `camrt eval`: `shape_0000.png` (RGB),
     `shape_0000.mask.png` (the mask, 0 or 255), `annotations.json`
-    (`{"shape_0000.png": {"boxes": [[x0, y0, x1, y1]], "mask": "shape_0000.mask.png"}}`, box
-    corners in pixels, x1 and y1 exclusive; `annotate` "both", "mask" or "boxes" says which keys
-    an entry holds: `camrt.annotations` takes the union of an entry's boxes and mask, which is
-    the box), `labels.csv` (file, class_idx, class) and `labels.txt` (the class names in index
+    (`{"shape_0000.png": {"boxes": [[x0, y0, x1, y1]], "mask": "shape_0000.mask.png", "class": 2}}`,
+    box corners in pixels, x1 and y1 exclusive, the true class as the model's class index, which
+    `camrt eval` explains by default; `annotate` "both", "mask" or "boxes" says which of the
+    object keys an entry holds: `camrt.annotations` takes the union of an entry's boxes and mask,
+    which is the box), `labels.csv` (file, class_idx, class) and `labels.txt` (the class names in index
     order, for `camrt export --labels`). Returns the folder."""
     if annotate not in ("both", "mask", "boxes"):
         raise ValueError(f"annotate must be 'both', 'mask' or 'boxes', got {annotate!r}")
@@ -322,7 +323,8 @@ def write(directory: str | Path, n: int, seed: int, size: int = SIZE, annotate: 
             raise OSError(f"cannot write {out / f'{name}.png'}")
         cv2.imwrite(str(out / f"{name}.mask.png"), masks[i].astype(np.uint8) * 255)
         entry = {"boxes": [[int(v) for v in boxes[i]]], "mask": f"{name}.mask.png"}
-        annotations[f"{name}.png"] = {k: v for k, v in entry.items() if annotate in ("both", k)}
+        annotations[f"{name}.png"] = {**{k: v for k, v in entry.items() if annotate in ("both", k)},
+                                      "class": int(labels[i])}
         rows.append((f"{name}.png", int(labels[i]), CLASSES[labels[i]]))
     (out / "annotations.json").write_text(json.dumps(annotations, indent=1) + "\n", encoding="utf-8")
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 import camrt
 from camrt.engine import Engine
 from camrt.errors import InputError
-from camrt.evaluation import bootstrap_interval, evaluate_folder, resolve_metrics
+from camrt.evaluation import bootstrap_interval, class_mean, evaluate_folder, resolve_metrics
 from camrt.visual.overlay import read_image
 from tests.tiny import TinyNet, make
 
@@ -43,6 +44,7 @@ class StubMetric:
     needs_annotations: bool
     higher_is_better: bool
     run: object
+    per_class: bool = False
 
 
 FRACTIONS = np.array([0.0, 0.5, 1.0])
@@ -67,7 +69,7 @@ STUBS = {"mean-saliency": (stub_mean, False), "curve": (stub_curve, False), "ins
 
 
 def _stub_evaluate(engine, x, saliencies, class_idx, metrics, method_options=None, masks=None, seed=0,
-                   progress=None):
+                   progress=None, base=None):
     out = {}
     for method, sal in saliencies.items():
         for name in metrics:
@@ -160,7 +162,7 @@ def test_report_numbers_match_the_maps_and_the_table_the_rows(engine, folder, tm
     curves = read_csv(tmp_path / "out" / "curves.csv")
     assert {(c["metric"], c["method"]) for c in curves} == {("curve", "gradcam"), ("curve", "layercam")}
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "broken.png" in md and "inside: only the 2 of 5 images with annotations count" in md
+    assert "broken.png" in md and "inside: only the 2 of 5 rows with objects count" in md
     assert "percentile bootstrap" in md and "| gradcam |" in md
 
 
@@ -177,7 +179,7 @@ def test_plots_are_png_files(engine, folder, tmp_path, stub_metrics) -> None:
 
 
 def test_given_class_is_explained_in_every_image(engine, folder, tmp_path, stub_metrics) -> None:
-    report = evaluate_folder(engine, folder, "gradcam", "mean-saliency", tmp_path / "out", class_idx=3, plots=False)
+    report = evaluate_folder(engine, folder, "gradcam", "mean-saliency", tmp_path / "out", classes=3, plots=False)
     assert report.class_idx == [3] * 5
     rows = read_csv(tmp_path / "out" / "per_image.csv")
     assert {row["label"] for row in rows} == {"fish"}
@@ -191,7 +193,7 @@ def test_checks_before_any_work(engine, folder, tmp_path, stub_metrics) -> None:
         (dict(metrics="inside"), "metric(s) inside need boxes or masks, and no annotations given"),
         (dict(batch=0), "batch must be a positive integer"),
         (dict(seed=-1), "seed must be a non-negative integer"),
-        (dict(class_idx=9), "class_idx 9 is out of range"),
+        (dict(classes=9), "class_idx 9 is out of range"),
         (dict(annotations=tmp_path / "missing.json"), "cannot read annotations"),
     ]
     for kwargs, message in cases:
@@ -215,7 +217,7 @@ def test_all_without_annotations_skips_those_metrics_with_a_note(engine, folder,
     assert report.metrics == ["mean-saliency", "curve", "inside"]
     assert np.isnan(report.values[("gradcam", "inside")]).all()
     assert [c.n for c in report.table] == [5, 5, 0]
-    assert any(n.startswith("inside: only the 0 of 5 images") for n in report.notes)
+    assert any(n.startswith("inside: only the 0 of 5 rows with objects") for n in report.notes)
 
 
 def test_resolve_metrics(stub_metrics) -> None:
@@ -274,10 +276,106 @@ def test_real_metrics_are_camrt_metrics_evaluate_on_each_batch(engine, folder, t
             masks[1] = np.zeros(SIZE, bool)
             masks[1][2:20, 2:20] = True  # im1 is 32×32, the input's size
         expected = evaluate(engine, x, {m: r.saliency for m, r in maps.items()}, maps["gradcam"].class_idx, metrics,
-                            masks=masks, seed=2)
+                            masks=masks, seed=2,
+                            base=maps["gradcam"].scores)
         for (method, metric), r in expected.items():
             got = report.values[(method, metric)][start:start + len(x)]
             np.testing.assert_array_equal(got, r.values, err_msg=f"{method} {metric}")
             if r.curves is not None:
                 np.testing.assert_array_equal(report.curves[(method, metric)][start:start + len(x)], r.curves)
     assert np.count_nonzero(~np.isnan(report.values[("gradcam", "energy-pointing-game")])) == 1
+
+
+def _hand_class_mean(values, classes) -> float:
+    sums: dict[int, list[float]] = {}
+    for v, c in zip(values, classes, strict=True):
+        if not math.isnan(v):
+            sums.setdefault(int(c), []).append(float(v))
+    return sum(sum(s) / len(s) for s in sums.values()) / len(sums)
+
+
+def test_bootstrap_interval_over_classes_is_the_mean_of_class_means() -> None:
+    rng = np.random.default_rng(1)
+    v = rng.integers(0, 2, 30).astype(float)
+    v[[3, 7]] = np.nan
+    c = rng.integers(0, 4, 30) * 7  # class numbers need not be 0..K-1
+    assert class_mean(v, c) == pytest.approx(_hand_class_mean(v, c), rel=1e-12)
+    low, high = bootstrap_interval(v, 4, resamples=500, classes=c)
+    ok = ~np.isnan(v)
+    draws = np.random.default_rng(4).integers(0, ok.sum(), (500, ok.sum()))  # the same draws, one block
+    means = [_hand_class_mean(v[ok][d], c[ok][d]) for d in draws]
+    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), rel=1e-12)
+    assert bootstrap_interval(v, 4, resamples=500) != (low, high)
+
+
+CLASSY = {"im0.png": [{"boxes": [[0, 0, 25, 20]], "class": "dog"}, {"boxes": [[25, 20, 50, 40]], "class": 3}],
+          "im1.png": {"boxes": [[2, 2, 20, 20]], "class": 2}, "im3.png": {"boxes": [[5, 30, 30, 60]]}}
+
+
+def _box(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    m = np.zeros(SIZE, bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+@pytest.mark.parametrize("classes", ["auto", "annotated", "top1", 3])
+def test_classes_choose_the_rows_their_classes_and_objects(engine, folder, tmp_path, stub_metrics, classes) -> None:
+    """Which (image, class) rows are evaluated, which class each explains and which objects it is
+    scored against, for each `classes` mode; class names resolved through the model's labels."""
+    (folder / "annotations.json").write_text(json.dumps(CLASSY))
+    report = evaluate_folder(engine, folder, "gradcam", "inside", tmp_path / "out", plots=False, classes=classes)
+    images = {f"im{i}.png": read_image(folder / f"im{i}.png")[0] for i in range(5)}
+    top1 = dict(zip(images, engine.explain(list(images.values()), "gradcam").class_idx.tolist(), strict=True))
+    dog, three, im1, im3 = _box(0, 16, 0, 16), _box(16, 32, 16, 32), _box(2, 20, 2, 20), _box(15, 30, 5, 30)
+    expected = {  # (image, class, mask)
+        "auto": [("im0.png", 1, dog), ("im0.png", 3, three), ("im1.png", 2, im1), ("im2.png", -1, None),
+                 ("im3.png", -1, im3), ("im4.png", -1, None)],
+        "annotated": [("im0.png", 1, dog), ("im0.png", 3, three), ("im1.png", 2, im1)],
+        "top1": [("im0.png", -1, dog | three), ("im1.png", -1, im1), ("im2.png", -1, None), ("im3.png", -1, im3),
+                 ("im4.png", -1, None)],
+        3: [(f"im{i}.png", 3, {0: three, 3: im3}.get(i)) for i in range(5)],
+    }[classes]
+    assert [(p.name, c) for p, c in zip(report.images, report.class_idx, strict=True)] == [
+        (n, top1[n] if c == -1 else c) for n, c, _ in expected]
+    skipped = sorted(p.name for p, _ in report.skipped)
+    assert skipped == (["broken.png", "im2.png", "im3.png", "im4.png"] if classes == "annotated" else ["broken.png"])
+    rows = [(n, c) for n, c, _ in expected]
+    batch = engine.explain([images[n] for n, _ in rows], "gradcam", class_idx=[c for _, c in rows])
+    want = [math.nan if m is None else stub_inside(s, m)[0] for s, (_, _, m) in zip(batch.saliency, expected,
+                                                                                      strict=True)]
+    np.testing.assert_allclose(report.values[("gradcam", "inside")], want, rtol=1e-12)
+    per_image = read_csv(tmp_path / "out" / "per_image.csv")
+    assert [(Path(r["image"]).name, int(r["class_idx"]), r["label"]) for r in per_image] == [
+        (p.name, c, ["cat", "dog", "bird", "fish", "frog"][c]) for p, c in zip(report.images, report.class_idx,
+                                                                               strict=True)]
+
+
+@pytest.mark.parametrize(("data", "classes", "message"), [
+    ({"im0.png": {"boxes": [[0, 0, 5, 5]], "class": "zebra"}}, "auto",
+     "entry 'im0.png': class 'zebra' is not one of the model's labels; the model's labels are cat, dog"),
+    ({"im0.png": {"boxes": [[0, 0, 5, 5]], "class": 7}}, "top1",
+     "entry 'im0.png': class 7 is out of range: the model has 5 classes"),
+    ({"im0.png": {"boxes": [[0, 0, 5, 5]]}}, "annotated",
+     "classes='annotated' needs annotations that name each object's class"),
+    ({}, "best", "classes must be one of auto, annotated, top1 or a class index, got 'best'"),
+])
+def test_bad_classes_are_refused_before_any_work(engine, folder, tmp_path, data, classes, message) -> None:
+    (folder / "annotations.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=re.escape(message)):
+        evaluate_folder(engine, folder, "gradcam", "deletion", tmp_path / "out", plots=False, classes=classes)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pointing_game_table_is_the_mean_of_class_accuracies(engine, folder, tmp_path) -> None:
+    """The pointing game's table cell: the mean over classes of the per-class hit rates, its
+    interval the bootstrap of that statistic; the energy game's the plain mean over rows."""
+    (folder / "annotations.json").write_text(json.dumps(CLASSY))
+    report = evaluate_folder(engine, folder, "gradcam", "pointing-game,energy-pointing-game", tmp_path / "out",
+                             plots=False, classes="annotated", seed=3)
+    cells = {c.metric: c for c in report.table}
+    hits, cls = report.values[("gradcam", "pointing-game")], np.array(report.class_idx)
+    assert cells["pointing-game"].mean == pytest.approx(_hand_class_mean(hits, cls), rel=1e-12)
+    assert (cells["pointing-game"].low, cells["pointing-game"].high) == bootstrap_interval(hits, 3, classes=cls)
+    energy = report.values[("gradcam", "energy-pointing-game")]
+    assert cells["energy-pointing-game"].mean == pytest.approx(np.nanmean(energy), rel=1e-12)
+    assert "`pointing-game`, the mean over the classes" in (tmp_path / "out" / "report.md").read_text()

@@ -112,3 +112,25 @@ def test_evaluate_shares_the_base_scores_and_streams_by_the_chunk(tiny, monkeypa
     alone = METRICS["deletion"].run(MetricContext(engine, x, r.saliency, r.class_idx))
     np.testing.assert_array_equal(alone.values, res["gradcam", "deletion"].values)
     assert np.isnan(evaluate(engine, x, maps, r.class_idx, ["adcc"])["centre", "adcc"].values).all()
+
+
+def test_evaluate_takes_the_base_scores_of_the_explanation(tiny, monkeypatch) -> None:
+    """Given `base` (Result.scores of the explaining run), `evaluate` runs no unperturbed batch and
+    gives the numbers it gives when it scores the images itself (the two graphs' logits agree to
+    float32 rounding)."""
+    model, path = tiny
+    engine = Engine(path, device="cpu", chunk_size=4)
+    x, r = explained(model, engine)
+    np.testing.assert_allclose(r.scores, engine.class_scores(x, r.class_idx), rtol=1e-5)
+    own = evaluate(engine, x, {"gradcam": r.saliency}, r.class_idx, ["average-drop", "deletion"])
+    calls: list[int] = []
+    scores = engine.class_scores
+    monkeypatch.setattr(engine, "class_scores", lambda xs, c, **k: calls.append(len(xs)) or scores(xs, c, **k))
+    ticks: list[tuple[int, int]] = []
+    given = evaluate(engine, x, {"gradcam": r.saliency}, r.class_idx, ["average-drop", "deletion"], base=r.scores,
+                     progress=lambda d, t: ticks.append((d, t)))
+    assert sum(calls) == 3 + 3 * 49 and ticks[-1] == (sum(calls), sum(calls))  # the masked and deleted images only
+    for key in own:
+        np.testing.assert_allclose(given[key].values, own[key].values, rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match=r"base must hold one score per image \(3\), got shape \(2,\)"):
+        evaluate(engine, x, {"gradcam": r.saliency}, r.class_idx, ["average-drop"], base=r.scores[:2])

@@ -149,11 +149,13 @@ def test_write_for_camrt_eval(tmp_path) -> None:
         np.testing.assert_array_equal(cv2.imread(str(out / name))[..., ::-1], images[i])
         np.testing.assert_array_equal(cv2.imread(str(out / entry["mask"]), cv2.IMREAD_GRAYSCALE) > 127, masks[i])
         assert entry["boxes"] == [boxes[i].astype(int).tolist()]
+        assert entry["class"] == labels[i]
     rows = (out / "labels.csv").read_text(encoding="utf-8").splitlines()
     assert rows[1:] == [f"shape_{i:04d}.png,{labels[i]},{CLASSES[labels[i]]}" for i in range(3)]
     assert (out / "labels.txt").read_text(encoding="utf-8").split() == list(CLASSES)
     only_masks = json.loads((write(tmp_path / "masks", 1, 1, annotate="mask") / "annotations.json").read_text())
-    assert only_masks == {"shape_0000.png": {"mask": "shape_0000.mask.png"}}
+    _, first_label, _, _ = generate(1, 1)
+    assert only_masks == {"shape_0000.png": {"mask": "shape_0000.mask.png", "class": int(first_label[0])}}
 
 
 def test_write_reads_back_through_camrt_annotations(tmp_path) -> None:
@@ -162,12 +164,14 @@ def test_write_reads_back_through_camrt_annotations(tmp_path) -> None:
     annotations = pytest.importorskip("camrt.annotations")
     from models.shapes import write
 
-    _, _, boxes, masks = generate(2, 1)
+    _, labels, boxes, masks = generate(2, 1)
     files = [f"shape_{i:04d}.png" for i in range(2)]
     for annotate in ("mask", "boxes"):
         out = write(tmp_path / annotate, 2, 1, annotate=annotate)
         read = annotations.read_annotations(out / "annotations.json").for_images([str(out / f) for f in files])
-        for i, entry in enumerate(read):
+        for i, groups in enumerate(read):
+            (entry,) = groups
+            assert entry.label == labels[i]
             expected = masks[i]
             if annotate == "boxes":
                 x0, y0, x1, y1 = boxes[i].astype(int)

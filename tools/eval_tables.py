@@ -6,8 +6,9 @@
 
 - shapes: the trained CNN `models/shapes_cnn.pt` exported at `block5` (with the input gradient,
   so that Opti-CAM runs too), on `--n` held-out images of `python -m models.shapes write DIR --seed 2
-  --annotate mask` (seed 2 is never trained on), every metric, the top-1 class of each image (as
-  `camrt eval`); two maps no method made are scored beside the methods: a centred Gaussian
+  --annotate mask` (seed 2 is never trained on), every metric, the true class of each image (the
+  class its annotation names, as `camrt eval` explains by default; `--classes top1` for the top-1
+  class instead); two maps no method made are scored beside the methods: a centred Gaussian
   (σ = 32 px) and uniform noise, as in tests/test_models_shapes.py.
 - photos: the pretrained EfficientNet-Lite0 exported as tools/demo.sh does (layers `_blocks.15`
   and `_head_act`, maps from the last: `_head_act`, 1280×7×7), plus the input gradient, on the
@@ -19,7 +20,10 @@ where `PLANS` says otherwise (fewer images or cheaper options for the methods th
 network thousands of times per image); the table says which. The numbers are those `camrt eval`
 computes: the maps by `Engine.explain` (seed 0, the first method's classes for all), the metrics
 by `camrt.metrics.evaluate` (the method's options passed on, so that ADCC re-explains with them;
-seed 0), the interval by `camrt.evaluation.bootstrap_interval` (95%, 10,000 resamples, seed 0).
+seed 0; the unperturbed images' scores from the first method's `Result.scores`, as `camrt eval`),
+the interval by `camrt.evaluation.bootstrap_interval` (95%, 10,000 resamples, seed 0), and for
+the pointing game the mean of the classes' hit rates (`camrt.evaluation.class_mean`), as `camrt
+eval` reports it. `--metrics` runs a subset.
 `camrt eval` itself cannot take method options, hence this driver; for a method at its defaults
 `camrt eval MODEL DIR --methods NAME --metrics all` on the same images gives the same numbers.
 
@@ -44,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import camrt.metrics as camrt_metrics  # noqa: E402
-from camrt.annotations import read_annotations  # noqa: E402
+from camrt.annotations import read_annotations, union  # noqa: E402
 from camrt.engine import Engine  # noqa: E402
-from camrt.evaluation import bootstrap_interval  # noqa: E402
+from camrt.evaluation import bootstrap_interval, class_mean  # noqa: E402
 from camrt.methods import METHODS  # noqa: E402
 from camrt.visual.overlay import read_image  # noqa: E402
 
@@ -131,6 +135,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="images per batch (shapes 8, photos 2)")
     p.add_argument("--deadline", type=float, default=None, help="start no batch after this many seconds")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: every method)")
+    p.add_argument("--metrics", default=None, help="comma-separated subset (default: every metric that applies)")
+    p.add_argument("--classes", choices=("truth", "top1"), default="truth",
+                   help="shapes: explain each image's true class (default) or its top-1")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.table == "shapes":
@@ -139,6 +146,8 @@ def main() -> None:
     else:
         model, folder = prepare_photos(a.out)
         metrics, batch = FAITHFULNESS, a.batch or 2
+    if a.metrics:
+        metrics = [k for k in a.metrics.split(",") if k in metrics]
     engine = Engine(model)
     plans = {name: PLANS[a.table].get(name, Plan()) for name in (a.methods.split(",") if a.methods else METHODS)}
     for name, plan in plans.items():
@@ -162,21 +171,24 @@ def main() -> None:
         chunk = paths[start:start + batch]
         pixels = [read_image(f)[0] for f in chunk]
         x = engine.prepare(pixels)
-        masks = None if ann is None else [n.mask(im.shape[:2], engine.input_size) for n, im in zip(
+        masks = None if ann is None else [union(n).mask(im.shape[:2], engine.input_size) for n, im in zip(
             ann[start:start + batch], pixels, strict=True)]
-        maps, options, cls = {}, {}, None
+        maps, options, scores = {}, {}, None
+        cls = np.array([truth[f.name] for f in chunk]) if truth and a.classes == "truth" else None
         for name, plan in plans.items():
             if plan.images is not None and start >= plan.images:
                 continue
             t1 = time.perf_counter()
             r = engine.explain(x, name, class_idx=cls, seed=SEED, **plan.options)
             seconds[name] += time.perf_counter() - t1
-            cls = r.class_idx if cls is None else cls
+            if scores is None:
+                cls, scores, top1 = r.class_idx, r.scores, r.logits.argmax(axis=1)
             maps[name], options[name] = r.saliency, dict(plan.options)
         if a.table == "shapes":
             maps.update(baselines(len(chunk), engine.input_size, SEED + start))
         t1 = time.perf_counter()
-        results = camrt_metrics.evaluate(engine, x, maps, cls, metrics, method_options=options, masks=masks, seed=SEED)
+        results = camrt_metrics.evaluate(engine, x, maps, cls, metrics, method_options=options, masks=masks, seed=SEED,
+                                         base=scores)
         share = (time.perf_counter() - t1) / len(maps)
         for name in maps:
             seen[name] += len(chunk)
@@ -184,7 +196,7 @@ def main() -> None:
             for k in metrics:
                 values[name, k] += list(results[name, k].values)
             for i, f in enumerate(chunk):
-                per_image.append([f.name, int(cls[i]), truth.get(f.name, ""), name,
+                per_image.append([f.name, int(cls[i]), int(top1[i]), truth.get(f.name, ""), name,
                                   *(repr(float(results[name, k].values[i])) for k in metrics)])
         write(a.out / f"table-{a.table}", a.table, rows, metrics, values, seen, seconds, plans, per_image, engine,
               time.perf_counter() - t0)
@@ -196,14 +208,17 @@ def write(out: Path, table: str, rows: list[str], metrics: list[str], values: di
           plans: dict, per_image: list, engine: Engine, elapsed: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "per_image.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["image", "class_idx", "true_class", "method", *metrics], *per_image])
+        csv.writer(f).writerows([["image", "class_idx", "top1", "true_class", "method", *metrics], *per_image])
     cells = {}
     for m in rows:
+        classes = np.array([r[1] for r in per_image if r[4] == m], np.int64)
         for k in metrics:
             v = np.asarray(values[m, k], np.float64)
-            ok = v[~np.isnan(v)]
-            low, high = bootstrap_interval(ok, SEED)
-            cells[m, k] = (ok.size, float(ok.mean()) if ok.size else np.nan, low, high)
+            ok = ~np.isnan(v)
+            by = classes if camrt_metrics.METRICS[k].per_class else None
+            mean = class_mean(v, by) if by is not None else float(v[ok].mean()) if ok.any() else np.nan
+            low, high = bootstrap_interval(v, SEED, classes=by)
+            cells[m, k] = (int(ok.sum()), mean, low, high)
     with open(out / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows([["method", "metric", "n", "mean", "ci95_low", "ci95_high"]]
                                 + [[m, k, *cells[m, k]] for m in rows for k in metrics])
@@ -221,13 +236,15 @@ def write(out: Path, table: str, rows: list[str], metrics: list[str], values: di
         name = m + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
         per = seconds[m] / seen[m] if seen[m] else np.nan
         lines.append(f"| {name} | {seen[m]} | {per:.2f} | " + " | ".join(fmt(cells[m, k]) for k in metrics) + " |")
-    cls = [int(r[1]) for r in per_image if r[3] == rows[0]]
-    truth = [r[2] for r in per_image if r[3] == rows[0]]
+    cls = [int(r[1]) for r in per_image if r[4] == rows[0]]
+    top1 = [int(r[2]) for r in per_image if r[4] == rows[0]]
+    truth = [r[3] for r in per_image if r[4] == rows[0]]
     if truth and all(t != "" for t in truth):
-        lines += ["", f"top-1 accuracy on these images: {np.mean(np.array(cls) == np.array(truth)):.3f}"]
+        lines += ["", f"top-1 accuracy on these images: {np.mean(np.array(top1) == np.array(truth)):.3f}; class "
+                  f"explained: {'the true class' if cls == truth else 'the top-1'}"]
     labels = engine.manifest.labels
     if labels and table == "photos":
-        names = [r[0] for r in per_image if r[3] == rows[0]]
+        names = [r[0] for r in per_image if r[4] == rows[0]]
         lines += ["", "classes explained (top-1): " + ", ".join(
             f"{n} → {labels[c]}" for n, c in zip(names, cls, strict=True))]
     (out / "table.md").write_text("\n".join(lines) + "\n")

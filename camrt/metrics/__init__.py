@@ -55,7 +55,7 @@ def get_metric(name: str) -> Metric:
 def evaluate(engine: Engine, x: np.ndarray, saliencies: Mapping[str, np.ndarray], class_idx: np.ndarray,
              metrics: Sequence[str], method_options: Mapping[str, Mapping[str, object]] | None = None,
              masks: Sequence[np.ndarray | None] | None = None, seed: int = 0,
-             progress: Progress | None = None) -> dict[tuple[str, str], MetricResult]:
+             progress: Progress | None = None, base: np.ndarray | None = None) -> dict[tuple[str, str], MetricResult]:
     """Every metric of `metrics` on the maps of every method of `saliencies`, keyed (method, metric).
 
     Args:
@@ -70,8 +70,11 @@ def evaluate(engine: Engine, x: np.ndarray, saliencies: Mapping[str, np.ndarray]
         masks: None, or per image a bool H×W object mask or None (the localisation metrics).
         seed: seeds ROAD's noise.
         progress: called as progress(done, total) over all the runs of all pairs.
+        base: the softmax scores of `class_idx` on `x` when already known (`Result.scores` of the
+            `Engine.explain` call that made the maps), else None.
 
-    The unperturbed images' scores are computed once, for all methods and metrics.
+    The unperturbed images' scores are computed once, for all methods and metrics, or not at all
+    when `base` gives them.
     """
     from camrt.methods import METHODS
 
@@ -93,9 +96,13 @@ def evaluate(engine: Engine, x: np.ndarray, saliencies: Mapping[str, np.ndarray]
     contexts = {name: MetricContext(engine, x, s, cls, name if name in METHODS else None, options.get(name), masks,
                                     seed) for name, s in saliencies.items()}  # every map checked before any run
     first = next(iter(contexts.values()))
-    base = engine.class_scores(first.x, first.class_idx)
-    total = len(x) + sum(spec.runs(_with(ctx, base=base)) for ctx in contexts.values() for spec in specs)
-    done = len(x)
+    if base is None:
+        base, done = engine.class_scores(first.x, first.class_idx), len(x)
+    elif np.shape(base) != (len(x),):
+        raise InputError(f"base must hold one score per image ({len(x)}), got shape {np.shape(base)}")
+    else:
+        base, done = np.asarray(base, np.float64), 0
+    total = done + sum(spec.runs(_with(ctx, base=base)) for ctx in contexts.values() for spec in specs)
     if progress is not None:
         progress(done, total)
     results: dict[tuple[str, str], MetricResult] = {}

@@ -126,6 +126,9 @@ class Metric:
     name: its name in `camrt.metrics.METRICS`; description: one line; paper: the paper's link.
     needs_annotations: whether it needs `MetricContext.masks` (the localisation metrics).
     higher_is_better: the direction of a better map.
+    per_class: whether its summary over a dataset is the mean over classes of the per-class means
+        (the pointing game's accuracy) rather than the mean over images
+        (`camrt.evaluation.class_mean`).
     run(ctx): the per-image values (and curves).
     runs(ctx): the rows it sends through the network for `ctx` (images scored, and for ADCC images
         re-explained): the total its progress calls report.
@@ -138,6 +141,7 @@ class Metric:
     higher_is_better: bool
     run: Callable[[MetricContext], MetricResult]
     runs: Callable[[MetricContext], int] = lambda ctx: 0
+    per_class: bool = False
 
 
 def rows(ctx: MetricContext, perturbed: int, needs_base: bool = True) -> int:
