@@ -18,8 +18,9 @@ Grad-CAM maps (camrt's, given to both) and classes:
   Then the same as a user calls it after `Engine.explain`: the explanation's run already scored
   the unperturbed images (`Result.scores`, passed as `MetricContext.base`), so camrt runs the
   masked batch alone, while `DropInConfidence` (which cannot be given those scores) runs both.
-  Also `evaluate` on the maps of 4 methods at once, where camrt scores the unperturbed batch once
-  and pytorch-grad-cam's `DropInConfidence` is called once per method.
+  Also `evaluate` on the maps of 4 methods at once, given the explanation's scores as `camrt
+  eval` gives them (`base=Result.scores`: camrt runs the 4 masked batches), and pytorch-grad-cam's
+  `DropInConfidence` called once per method (8 batches).
 With `--solvers`, instead: the imputation alone for one 224×224 image and a smooth map (a Gaussian
 blob) at each percentage, by camrt's solve (`camrt.metrics.road.impute`), by the same system in
 scipy's default `spsolve` (COLAMD ordering, no nested dissection), by pytorch-grad-cam's
@@ -151,7 +152,7 @@ def bench(name: str, n: int, rounds: int, tmp: str, with_road: bool = True) -> l
     saliencies = {m: maps[m].saliency for m in METHODS}
 
     def ours_all():
-        return evaluate(engine, x, saliencies, cls, ["average-drop"])
+        return evaluate(engine, x, saliencies, cls, ["average-drop"], base=r.scores)  # as camrt eval does
 
     def theirs_all():
         return {m: DropInConfidence()(xt, saliencies[m], targets, model) for m in METHODS}
@@ -159,7 +160,7 @@ def bench(name: str, n: int, rounds: int, tmp: str, with_road: bool = True) -> l
     res = race({"camrt": ours_all, "grad-cam": theirs_all}, 2 * rounds)
     diff = max(float(np.abs(res["camrt"][0][m, "average-drop"].values * base - res["grad-cam"][0][m]).max())
                for m in METHODS)
-    lines.append(_row(name, f"Average Drop, {len(METHODS)} methods' maps, {n} images (`evaluate`)", res,
+    lines.append(_row(name, f"Average Drop, {len(METHODS)} methods' maps, {n} images (`evaluate`, base given)", res,
                       f"max |AD·Y − grad-cam| {diff:.1e}"))
     return lines
 
