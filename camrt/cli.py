@@ -202,10 +202,7 @@ def layers(model: str, arch: str | None, trust_pickle: bool, input_shape: str) -
     click.echo(f"{'name':<{width}}  {'type':<24} {'output shape':<20} note")
     for r in records:
         shape = "×".join(map(str, r.shape)) if r.shape else "-"
-        note = "" if r.calls == 1 else ("never runs" if r.calls == 0 else f"runs {r.calls}× (not a target)")
-        if r.calls == 1 and r.shape is not None and len(r.shape) == 4:
-            note = "feature map"
-        click.echo(f"{r.name:<{width}}  {r.type:<24} {shape:<20} {note}")
+        click.echo(f"{r.name:<{width}}  {r.type:<24} {shape:<20} {r.note}")
 
 
 _MAPS_HELP = ("Add map heads, the maps computed inside the graph (map.M.L, saliency.M): methods separated by "
@@ -237,10 +234,17 @@ def _names(text: str | None) -> tuple[str, ...]:
               help="Also output the gradient of the class score with respect to the input (for Opti-CAM).")
 @click.option("--maps", "maps_text", help=_MAPS_HELP)
 @click.option("--fp16", is_flag=True, help=_FP16_HELP)
+@click.option("--grid", "grid_text", metavar="HxW",
+              help="Patch grid of token target layers (ViT), e.g. 14x14 [default: inferred from the token count].")
+@click.option("--prefix-tokens", type=int,
+              help="Tokens before the patch tokens (class, distillation) [default: the model's, or inferred].")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc", "tokens"]),
+              help="How the target layers return their maps [default: told from each output].")
 @friendly
 def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
                input_shape: str, opset: int, output_index: int | None, mean: str | None, std: str | None,
-               labels_file: str | None, input_gradient: bool, maps_text: str | None, fp16: bool) -> None:
+               labels_file: str | None, input_gradient: bool, maps_text: str | None, fp16: bool,
+               grid_text: str | None, prefix_tokens: int | None, layout: str | None) -> None:
     """Export MODEL to ONNX with logits, activations and class-score gradients."""
     from camrt import export
     from camrt.manifest import Preprocessing
@@ -252,8 +256,12 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
         output_index=output_index, opset=opset,
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
         labels=_read_labels(labels_file), input_gradient=input_gradient, maps=_names(maps_text), fp16=fp16,
+        grid=_grid(grid_text), prefix_tokens=prefix_tokens, layout=layout,
     )
-    shapes = ", ".join(f"{la.name} {'×'.join(map(str, la.shape))}" for la in manifest.layers)
+    shapes = ", ".join(f"{la.name} {'×'.join(map(str, la.shape))}"
+                       + ("" if la.layout == "nchw" else f" ({la.layout}" + (
+                           f", {la.prefix_tokens} prefix tokens)" if la.layout == "tokens" else ")"))
+                       for la in manifest.layers)
     heads = f"; map heads {', '.join(manifest.maps)}" if manifest.maps else ""
     half = f"; {_FP16_DONE}" if fp16 else ""
     click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}{heads}; verified against eager PyTorch"
@@ -428,6 +436,15 @@ def eval_cmd(model: str, images: tuple[str, ...], methods: str, metrics: str, ou
         click.echo(f"camrt: error: skipped '{path}': {why}", err=True)
     if r.skipped:
         sys.exit(EXIT_USER_ERROR)
+
+
+def _grid(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"'{text}' is not HxW, e.g. 14x14", param_hint="--grid")
+    return int(parts[0]), int(parts[1])
 
 
 def _classes(text: str) -> int | str:

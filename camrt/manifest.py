@@ -36,6 +36,7 @@ FP32 = "fp32"
 FP16 = "fp16"
 
 INPUT = "input"
+LAYOUTS = ("nchw", "nhwc", "tokens")  # how a target layer returns its map (Layer.layout)
 CLASS_IDX = "class_idx"
 LOGITS = "logits"
 CLASS_IDX_USED = "class_idx_used"
@@ -73,10 +74,15 @@ def is_gradient(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Layer:
-    """A target layer: its module name and its per-image output shape C×h×w."""
+    """A target layer: its module name, the per-image shape C×h×w of `activation.L` and
+    `gradient.L`, and how the module returns that map (`layout`, one of `LAYOUTS`: "nchw" as is;
+    "nhwc" channels last, as Swin; "tokens" N×T×C with `prefix_tokens` prefix tokens before the
+    h·w patch tokens, as ViT; see `camrt.exporter.tokens`)."""
 
     name: str
     shape: tuple[int, int, int]
+    layout: str = "nchw"
+    prefix_tokens: int = 0
 
     @property
     def activation(self) -> str:
@@ -137,7 +143,8 @@ class Manifest:
             raise ValueError(f"camrt manifest format {d.get('format_version')} is not {FORMAT_VERSION}; "
                              "re-export the model with this camrt version")
         d["input_shape"] = tuple(d["input_shape"])
-        d["layers"] = tuple(Layer(la["name"], tuple(la["shape"])) for la in d["layers"])
+        d["layers"] = tuple(Layer(la["name"], tuple(la["shape"]), la.get("layout", "nchw"), la.get("prefix_tokens", 0))
+                            for la in d["layers"])
         p = d["preprocessing"]
         d["preprocessing"] = Preprocessing(tuple(p["mean"]), tuple(p["std"]), p["resize"])
         if d.get("labels") is not None:

@@ -29,7 +29,20 @@ def test_round_trip(manifest) -> None:
     assert back.to_json() == text
     d = json.loads(text)
     assert d["format_version"] == FORMAT_VERSION
-    assert d["layers"][0] == {"name": manifest.layers[0].name, "shape": list(manifest.layers[0].shape)}
+    la = manifest.layers[0]
+    assert d["layers"][0] == {"name": la.name, "shape": list(la.shape), "layout": la.layout,
+                              "prefix_tokens": la.prefix_tokens}
+
+
+def test_token_layers_round_trip_and_older_files_read_as_maps() -> None:
+    m = Manifest(input_shape=(1, 3, 224, 224), num_classes=10,
+                 layers=(Layer("blocks.11.norm1", (768, 14, 14), "tokens", 1), Layer("layers.3", (768, 7, 7), "nhwc")))
+    assert Manifest.from_json(m.to_json()) == m
+    d = json.loads(m.to_json())
+    for la in d["layers"]:  # a file written before layouts existed
+        del la["layout"], la["prefix_tokens"]
+    old = Manifest.from_json(json.dumps(d))
+    assert [(la.layout, la.prefix_tokens) for la in old.layers] == [("nchw", 0), ("nchw", 0)]
 
 
 def test_json_is_compact_and_plain() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import io
@@ -20,6 +21,7 @@ from camrt import __version__, atomic
 from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, VerificationError, first_line
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
+from camrt.exporter.tokens import describe, layer_for
 from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
 from camrt.graph import PatternNotFound, check_maps, export_passes, fp16_passes, run_passes
 from camrt.graph.fp16 import Fp16RangeError
@@ -33,7 +35,6 @@ from camrt.manifest import (
     INPUT_GRADIENT,
     LOGITS,
     OPSETS,
-    Layer,
     Manifest,
     Preprocessing,
     activation_name,
@@ -84,10 +85,27 @@ def _weights_hash(model: nn.Module) -> str:
 
 def list_layers(model: nn.Module | str | os.PathLike, input_shape: Sequence[int] = (1, 3, 224, 224),
                 arch: str | None = None, trust_pickle: bool = False) -> list[LayerRecord]:
-    """Every named module with its call count and output shape, in definition order."""
+    """Every named module with its call count and output shape, in definition order; `note` says
+    what a target there would export: "feature map", the grid of a token or channels-last layer
+    (`camrt.exporter.tokens.describe`), or why it cannot be one."""
     if not isinstance(model, nn.Module):
         model = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    return list(survey(model, _example(input_shape, seed=0)).values())
+    example = _example(input_shape, seed=0)
+    records = survey(model, example)
+    modules = dict(model.named_modules())
+    out = []
+    for r in records.values():
+        if r.calls != 1:
+            note = "never runs" if r.calls == 0 else f"runs {r.calls}× (not a target)"
+        elif r.shape is None or len(r.shape) not in (3, 4):
+            note = ""
+        else:
+            try:
+                note = describe(layer_for(r, model, modules[r.name], tuple(example.shape[2:])))
+            except LayerError:
+                note = "tokens, no grid found (give --grid HxW and --prefix-tokens P)"
+        out.append(dataclasses.replace(r, note=note))
+    return out
 
 
 def _example(shape: Sequence[int], seed: int) -> torch.Tensor:
@@ -144,8 +162,7 @@ def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_in
         first = first_line(e)
         raise ExportError(f"ONNX Runtime cannot run the exported graph for its self-check (opset {manifest.opset}): "
                           f"{first}") from e
-    layers = [la.name for la in manifest.layers]
-    ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), layers, output_index,
+    ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), manifest.layers, output_index,
                                           manifest.input_gradient)
     problems = [m for k in ref
                 if (m := verify.compare(k, got[k], ref[k], yardstick[k] if yardstick else None)) is not None]
@@ -190,6 +207,9 @@ def export(
     input_gradient: bool = False,
     maps: Sequence[str] = (),
     fp16: bool = False,
+    layout: str | None = None,
+    grid: Sequence[int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> Manifest:
     """Export `model` to an ONNX file whose outputs are the logits, the used class and, for each
     target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
@@ -205,7 +225,8 @@ def export(
         example_input: an N×C×H×W tensor to trace with (or None: a random one of `input_shape`);
             N is dynamic in the exported graph, C×H×W fixed.
         layers: target module names (`camrt layers` lists them); each must run once per forward
-            and return an N×C×H×W map.
+            and return an N×C×h×w map, an N×h×w×C one (Swin) or N×T×C tokens (ViT), exported as
+            N×C×h×w (`camrt.exporter.tokens`).
         path: where to write the .onnx file.
         input_shape: the example's shape when no `example_input` is given (default 1,3,224,224).
         arch, trust_pickle: how to load a model file (state dict + architecture; pickles).
@@ -225,6 +246,12 @@ def export(
             fails, writing nothing, if a tensor that becomes float16 leaves float16's range on the
             self-check input or the float16 graph disagrees with the float32 one. The manifest's
             `precision` says "fp16".
+        layout: how the target layers return their maps ("nchw", "nhwc", "tokens"), or None to
+            tell from each output (`camrt.exporter.tokens.layer_for`).
+        grid: (h, w) of token layers' patch grid, or None to infer it from the token count and
+            the input's aspect ratio.
+        prefix_tokens: tokens before the patch tokens (class, distillation, registers), or None
+            for the model's `num_prefix_tokens` or the smallest count that leaves a grid.
 
     Returns:
         The manifest written into the model.
@@ -264,6 +291,10 @@ def export(
         example = _example(input_shape if input_shape is not None else (1, 3, 224, 224), seed=0)
     records = survey(model, example)  # also checks that the model takes this input shape
     check_layers(records, layers)
+    grid = _check_grid(grid)
+    modules = dict(model.named_modules())
+    targets = tuple(layer_for(records[n], model, modules[n], tuple(example.shape[2:]), layout, grid, prefix_tokens)
+                    for n in layers)
     channels = example.shape[1]
     if len(mean) != channels or len(std) != channels or any(s == 0 for s in std):
         raise InputError(f"--mean and --std need {channels} values each (one per input channel), std non-zero")
@@ -280,7 +311,7 @@ def export(
             raise InputError(f"{len(labels)} labels given for {num_classes} classes (the model's output has "
                              f"{num_classes} scores); give one name per class, in class order")
 
-    gm = trace(model, example, layers, output_index, input_gradient)
+    gm = trace(model, example, targets, output_index, input_gradient)
     graph = _to_onnx(gm, example, layers, opset, input_gradient)
     written = file_opset(graph)
     if written != opset:  # torch falls back to its own opset without failing
@@ -289,7 +320,7 @@ def export(
     manifest = Manifest(
         input_shape=tuple(example.shape),
         num_classes=num_classes,
-        layers=tuple(Layer(n, tuple(records[n].shape[1:])) for n in layers),
+        layers=targets,
         preprocessing=Preprocessing(tuple(float(m) for m in mean), tuple(float(s) for s in std)),
         labels=tuple(labels) if labels is not None else None,
         camrt_version=__version__,
@@ -318,6 +349,15 @@ def export(
         kind = InputError if e.errno in _PATH_ERRNOS else ExportError
         raise kind(f"cannot write '{path}': {e.strerror or e}") from e
     return manifest
+
+
+def _check_grid(grid: Sequence[int] | None) -> tuple[int, int] | None:
+    if grid is None:
+        return None
+    if isinstance(grid, (str, bytes)) or len(grid) != 2 or not all(
+            isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid):
+        raise InputError(f"grid must be two positive integers (h, w), got {grid!r}")
+    return int(grid[0]), int(grid[1])
 
 
 def _serialize(proto: onnx.ModelProto, path: Path) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camrt.errors import ModelLoadError
+from camrt.errors import ModelLoadError, first_line
 
 FORMATS = (
     "a torch.export program (.pt2, from torch.export.save), "
@@ -51,8 +52,29 @@ def _import_arch_module(mod_name: str):
 _UNSAFE_PICKLE_MARKERS = ("GLOBAL", "allowlisted", "reduce for unrecognized function")
 
 
+def build_timm(name: str) -> nn.Module:
+    """`timm.create_model(name, pretrained=False)`: timm's architecture by name, random weights
+    (nothing is downloaded; the weights come from the model file)."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelLoadError("--arch timm:NAME needs timm: pip install timm") from None
+    known = timm.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models('*vit*') lists them"
+        raise ModelLoadError(f"--arch: timm has no model '{name}'{hint}")
+    try:
+        return timm.create_model(name, pretrained=False)
+    except Exception as e:  # noqa: BLE001 - timm's and the model's own errors
+        raise ModelLoadError(f"--arch: timm.create_model('{name}') failed: {first_line(e)}") from e
+
+
 def build_arch(spec: str) -> nn.Module:
-    """Call `MODULE:CALLABLE` with no arguments; it must return an nn.Module."""
+    """Call `MODULE:CALLABLE` with no arguments (it must return an nn.Module), or, for
+    `timm:NAME`, build timm's model NAME (`build_timm`)."""
+    if spec.startswith("timm:"):
+        return build_timm(spec[len("timm:"):])
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise ModelLoadError(f"--arch '{spec}' is not MODULE:CALLABLE (for example torchvision.models:resnet50)")

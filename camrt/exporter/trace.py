@@ -22,6 +22,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, first_line
 from camrt.exporter.fx_passes import simplify
 from camrt.exporter.rules import backward_decompositions
+from camrt.manifest import Layer
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class LayerRecord:
     type: str
     calls: int
     shape: tuple[int, ...] | None  # None when the output is not a single tensor
+    note: str = ""  # what a target there exports (`camrt.list_layers` fills it)
 
 
 def select_output(out: object, output_index: int | None) -> torch.Tensor:
@@ -156,7 +158,8 @@ def survey(model: nn.Module, example: torch.Tensor) -> dict[str, LayerRecord]:
 
 
 def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None:
-    """Each target layer must exist, run exactly once per forward and return an N×C×h×w map."""
+    """Each target layer must exist and run exactly once per forward (what it returns is checked
+    by `camrt.exporter.tokens.layer_for`)."""
     if not layers:
         raise LayerError("no target layer given; pick one from `camrt layers MODEL` and pass --layer NAME")
     if len(set(layers)) != len(layers):
@@ -173,17 +176,15 @@ def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None
                 "feature map; choose a module that runs once (a shared activation such as one ReLU "
                 "reused by several blocks cannot be a target: pick the block or the layer before it)"
             )
-        if rec.shape is None or len(rec.shape) != 4:
-            got = "not a single tensor" if rec.shape is None else f"of shape {rec.shape}"
-            raise LayerError(
-                f"layer '{name}' ({rec.type}) returns output {got}; a target layer must return an "
-                "N×C×H×W feature map (token models are not supported yet)"
-            )
 
 
-def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | None, input_gradient: bool = False):
+def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | None, input_gradient: bool = False):
     """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G), with the
-    input gradient appended when `input_gradient`."""
+    input gradient appended when `input_gradient`. A is each layer's N×C×h×w map
+    (`camrt.exporter.tokens.to_map` of what the module returns) and G the gradient with respect
+    to it; the network goes on from the output rebuilt from A (`from_map`)."""
+    from camrt.exporter.tokens import from_map, to_map
+
     modules = dict(model.named_modules())
 
     def f(x: torch.Tensor, class_idx: torch.Tensor):
@@ -193,20 +194,21 @@ def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | No
             # leaf below), and the backward runs on through the stem to the input.
             x = x.detach().requires_grad_(True)
 
-        def make_hook(name: str):
+        def make_hook(layer: Layer):
             def hook(_mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
                 # The first target in execution order becomes a leaf; later targets stay in the
                 # autograd graph so the gradient still flows through them to earlier targets.
-                if not out.requires_grad:
-                    out = out.detach().requires_grad_(True)
-                acts[name] = out
+                act = to_map(layer, out)
+                if not act.requires_grad:
+                    act = act.detach().requires_grad_(True)
+                acts[layer.name] = act
                 # The network continues on a copy, so an in-place op that follows (ReLU(inplace=True)
                 # after a BatchNorm target) cannot overwrite the recorded activation.
-                return out.clone()
+                return from_map(layer, act, out).clone()
 
             return hook
 
-        handles = [modules[n].register_forward_hook(make_hook(n)) for n in layers]
+        handles = [modules[la.name].register_forward_hook(make_hook(la)) for la in layers]
         try:
             with torch.enable_grad():
                 logits = select_output(model(x), output_index)
@@ -214,11 +216,12 @@ def cam_function(model: nn.Module, layers: Sequence[str], output_index: int | No
                 used = torch.where(class_idx == -1, top, class_idx)
                 onehot = (torch.arange(logits.shape[1], device=logits.device) == used[:, None]).to(logits.dtype)
                 score = (logits * onehot).sum()
-                grads = torch.autograd.grad(score, [*(acts[n] for n in layers), *([x] if input_gradient else [])])
+                wrt = [*(acts[la.name] for la in layers), *([x] if input_gradient else [])]
+                grads = torch.autograd.grad(score, wrt)
         finally:
             for h in handles:
                 h.remove()
-        return (logits.detach(), used, *(acts[n].detach() for n in layers), *grads)
+        return (logits.detach(), used, *(acts[la.name].detach() for la in layers), *grads)
 
     return f
 
@@ -230,7 +233,7 @@ def traceable_example(example: torch.Tensor) -> torch.Tensor:
 
 
 def trace(
-    model: nn.Module, example: torch.Tensor, layers: Sequence[str], output_index: int | None,
+    model: nn.Module, example: torch.Tensor, layers: Sequence[Layer], output_index: int | None,
     input_gradient: bool = False,
 ) -> torch.fx.GraphModule:
     """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions;

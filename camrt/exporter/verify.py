@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from camrt.exporter.tokens import to_map
 from camrt.exporter.trace import frozen_eval, select_output
-from camrt.manifest import CLASS_IDX_USED, INPUT_GRADIENT, LOGITS, activation_name, gradient_name, is_gradient
+from camrt.manifest import CLASS_IDX_USED, INPUT_GRADIENT, LOGITS, Layer, activation_name, gradient_name, is_gradient
 
 RTOL = 1e-4
 MAX_FLIP_FRACTION = 5e-3
@@ -49,7 +50,7 @@ class Mismatch:
         return f"{self.name}: {self.detail}"
 
 
-def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
+def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
                   output_index: int | None, input_gradient: bool = False,
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """(oracle, yardstick): logits, used class and per-layer activation and gradient (and the input
@@ -67,8 +68,11 @@ def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, la
     return f64, f32
 
 
-def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[str],
+def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
            output_index: int | None, input_gradient: bool) -> dict[str, np.ndarray]:
+    """The outputs by plain autograd with respect to what each module returns; a token or
+    channels-last layer's output and gradient are then put on their grid (`tokens.to_map`, the
+    reshape pytorch-grad-cam's users write), independently of the exported function's rebuild."""
     modules = dict(model.named_modules())
     acts: dict[str, torch.Tensor] = {}
 
@@ -79,21 +83,21 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
 
         return hook
 
-    handles = [modules[n].register_forward_hook(make_hook(n)) for n in layers]
+    handles = [modules[la.name].register_forward_hook(make_hook(la.name)) for la in layers]
     try:
         with frozen_eval(model):
             xg = x.clone().requires_grad_(True)  # so every activation is in the autograd graph
             logits = select_output(model(xg), output_index)
             used = torch.where(class_idx == -1, logits.argmax(1), class_idx)
-            wrt = [*(acts[n] for n in layers), *([xg] if input_gradient else [])]
+            wrt = [*(acts[la.name] for la in layers), *([xg] if input_gradient else [])]
             grads = torch.autograd.grad(logits[torch.arange(len(used)), used].sum(), wrt)
     finally:
         for h in handles:
             h.remove()
     out = {LOGITS: logits.detach().numpy(), CLASS_IDX_USED: used.numpy()}
-    for n, g in zip(layers, grads, strict=False):
-        out[activation_name(n)] = acts[n].detach().numpy()
-        out[gradient_name(n)] = g.numpy()
+    for la, g in zip(layers, grads, strict=False):
+        out[activation_name(la.name)] = to_map(la, acts[la.name].detach()).numpy()
+        out[gradient_name(la.name)] = to_map(la, g).numpy()
     if input_gradient:
         out[INPUT_GRADIENT] = grads[-1].numpy()
     return out
