@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import onnx
 
 from camrt.graph._util import PatternNotFound
+from camrt.graph.broadcast_weights import unexpand_matmul_weights
 from camrt.graph.chunks import ablationcam_chunks, groupcam_chunks, reciprocam_chunks, rise_chunks, scorecam_chunks
 from camrt.graph.class_idx import default_class_idx, guard_class_idx
 from camrt.graph.class_select import gather_selected_rows
@@ -44,6 +45,7 @@ def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()
     """What the exporter does to the graph torch.onnx wrote, in order; `maps`: the methods to add
     map heads for (`camrt.graph.map_heads`), none by default."""
     return [
+        unexpand_matmul_weights,
         gather_selected_rows,
         guard_class_idx(num_classes),
         default_class_idx,
@@ -56,4 +58,4 @@ __all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_on
            "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows", "add_map_heads",
            "check_maps", "map_passes", "scorecam_chunks", "ablationcam_chunks", "reciprocam_chunks", "to_fp16",
            "groupcam_chunks", "rise_chunks",
-           "fp16_passes", "cast_round_trips", "add_reciprocam_head", "without_gradients"]
+           "fp16_passes", "cast_round_trips", "add_reciprocam_head", "without_gradients", "unexpand_matmul_weights"]
