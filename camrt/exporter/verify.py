@@ -119,6 +119,10 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, yardstick: np.ndarray |
     """None when `got` matches the oracle `ref` under the criterion above, else what is off."""
     if got.shape != ref.shape:
         return Mismatch(name, f"shape {got.shape} != {ref.shape}")
+    if name != CLASS_IDX_USED:
+        odd = ~np.isfinite(got) & np.isfinite(ref)  # NaN and infinity compare false with every tolerance
+        if odd.any():
+            return Mismatch(name, f"{int(odd.sum())} elements are NaN or infinite where eager PyTorch's are finite")
     if name == CLASS_IDX_USED:
         bad = float(np.mean(got != ref))
         return Mismatch(name, f"a different class for {bad:.0%} of the images") if bad else None
