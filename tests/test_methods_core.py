@@ -77,8 +77,8 @@ def test_upsample_rejects_bad_arguments() -> None:
 def test_methods_table() -> None:
     assert list(METHODS) == ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                              "gradcam-elementwise", "abscam", "eigencam", "eigengradcam", "smoothgradcam++",
-                             "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam",
-                             "iscam", "groupcam", "rise", "opticam"]
+                             "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "vitreciprocam",
+                             "scorecam", "sscam", "iscam", "groupcam", "rise", "opticam"]
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name
         assert method.paper.startswith("https://") and "\n" not in method.description
@@ -89,7 +89,8 @@ def test_methods_table() -> None:
         assert method.perturbation == (method.family in ("feature", "input"))
         assert issubclass(method.options, Options) and method.configure({}) == method.options()
     assert [n for n, m in METHODS.items() if not m.uses_gradient] == [
-        "eigencam", "ablationcam", "ablationcam++", "reciprocam", "scorecam", "sscam", "iscam", "rise", "opticam"]
+        "eigencam", "ablationcam", "ablationcam++", "reciprocam", "vitreciprocam", "scorecam", "sscam", "iscam", "rise",
+        "opticam"]
     with pytest.raises(AttributeError):
         METHODS["gradcam"].name = "other"  # type: ignore[misc]
 

@@ -29,7 +29,7 @@ from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, GRIDS, MAPS, POSITIO
 from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, activation_name, gradient_name
 from camrt.methods import Context, Method, Options, ablationcam, reciprocam, scorecam, softmax
 from camrt.methods._core import scores_of
-from camrt.methods.contract import Explore
+from camrt.methods.contract import Explore, TailCopies
 from camrt.methods.feature import _KERNELS  # the one definition of Recipro-CAM's masks
 from camrt.methods.masking import (
     _constant_channels,  # the channels that share Score-CAM's zero mask
@@ -110,6 +110,11 @@ def _reciprocam_graph(model: onnx.ModelProto, layer: str, options: Options, prob
     return reciprocam_chunks(model, layer, _KERNELS[options.kernel], probability)
 
 
+def _vitreciprocam_graph(model: onnx.ModelProto, layer: str, options: Options, probability: bool
+                         ) -> tuple[onnx.ModelProto, list[str]]:
+    return reciprocam_chunks(model, layer, _KERNELS[options.kernel], probability, mask_block_input=True)
+
+
 def _groupcam_graph(model: onnx.ModelProto, layer: str, options: Options, probability: bool
                     ) -> tuple[onnx.ModelProto, list[str]]:
     return groupcam_chunks(model, layer, options.blur_kernel, options.blur_sigma, probability), []
@@ -122,17 +127,21 @@ def _rise_graph(model: onnx.ModelProto, layer: str, options: Options, probabilit
 
 # Defaults from tools/bench_chunks.py on the CPU (resnet18 at layer4, chunk 16; docs/benchmarks.md).
 # Score-CAM: the same time either way (its 16 forward runs per chunk dwarf the masks). Recipro-CAM's
-# Gaussian masks: faster in the graph. Its one-hot masks: ONNX Runtime's broadcast product of the
-# activation by k sparse masks costs more than numpy's, and Ablation-CAM's tail (pooling and one
-# linear layer) is so cheap that the graph's extra nodes, microseconds each per run, do not pay:
-# both keep their numpy copies unless asked. Group-CAM and RISE: the engine's calls measure the same
-# either way (33 and n forward runs), but their work besides the network is more on the graph path
-# (the host builds each chunk's masks again for the map, the graph returns only scores): numpy.
+# Gaussian masks: faster in the graph (ViT-ReciproCAM follows it, not measured). Its one-hot masks:
+# ONNX Runtime's broadcast product of the activation by k sparse masks costs more than numpy's, and
+# Ablation-CAM's tail (pooling and one linear layer) is so cheap that the graph's extra nodes,
+# microseconds each per run, do not pay: both keep their numpy copies unless asked. Group-CAM and
+# RISE: the engine's calls measure the same either way (33 and n forward runs), but their work
+# besides the network is more on the graph path (the host builds each chunk's masks again for the
+# map, the graph returns only scores): numpy.
 CHUNK_FORMS: dict[str, ChunkForm] = {
     "scorecam": ChunkForm(_scorecam_graph, CHANNELS, _scorecam_rows, default=lambda options: True),
     "ablationcam": ChunkForm(_ablation_graph, CHANNELS, _ablation_rows, default=lambda options: False),
     "reciprocam": ChunkForm(_reciprocam_graph, POSITIONS, _reciprocam_rows,
                             default=lambda options: options.kernel == "gaussian", key=lambda options: options.kernel),
+    "vitreciprocam": ChunkForm(_vitreciprocam_graph, POSITIONS, _reciprocam_rows,
+                               default=lambda options: options.kernel == "gaussian",
+                               key=lambda options: options.kernel),
     "groupcam": ChunkForm(_groupcam_graph, MAPS, _groupcam_rows, default=lambda options: False,
                           key=lambda options: (options.blur_kernel, options.blur_sigma)),
     "rise": ChunkForm(_rise_graph, GRIDS, _rise_rows, default=lambda options: False, key=lambda options: options.cells),
@@ -191,7 +200,7 @@ def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.nda
     maps = []
     for n, a in enumerate(acts):
         crossing = cut.crossing(x[n:n + 1]) if cut is not None else {}
-        ctx = Context(a, x[n], None if grads is None else grads[n], float(base[n, used[n]]), seed, chunk)
+        ctx = Context(a, x[n], None if grads is None else grads[n], float(base[n, used[n]]), seed, chunk, crossing)
         if chunks is not None:
             fixed = {ACTIVATION: a[None], CLASS: np.asarray(used[n], np.int64), **crossing}
             if takes_image:
@@ -208,7 +217,10 @@ def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.nda
                 if chunks is not None:
                     reply = run_scores(session, {**fixed, form.rows: batch}, graphs.binder)
                 else:
-                    feed = {feed_name: batch, **{k: np.repeat(v, len(batch), axis=0) for k, v in crossing.items()}}
+                    copies = batch.activation if isinstance(batch, TailCopies) else batch
+                    feed = {feed_name: copies, **{k: np.repeat(v, len(copies), axis=0) for k, v in crossing.items()}}
+                    if isinstance(batch, TailCopies):
+                        feed.update(batch.crossing)
                     if method.input_gradient:
                         feed[CLASS_IDX] = np.full(len(batch), used[n], np.int64)
                     z, *rest = session.run(None, feed)

@@ -48,6 +48,7 @@ from camrt.graph._util import rename_uses
 from camrt.graph.subgraph import forward_only, tail
 from camrt.manifest import INPUT, LOGITS, activation_name
 from camrt.methods._core import _interpolation_taps  # the one definition of the bilinear taps
+from camrt.methods.feature import block_input  # the one rule for ViT-ReciproCAM's block input
 
 MIN_OPSET = 18
 ACTIVATION = "chunk.activation"
@@ -279,16 +280,20 @@ def ablationcam_chunks(model: onnx.ModelProto, layer: str, probability: bool = F
     return _assemble(sub, front, probability, f"{model.graph.name}_ablationcam_chunks_{layer}"), boundary
 
 
-def reciprocam_chunks(model: onnx.ModelProto, layer: str, kernel: np.ndarray, probability: bool = True
-                      ) -> tuple[onnx.ModelProto, list[str]]:
+def reciprocam_chunks(model: onnx.ModelProto, layer: str, kernel: np.ndarray, probability: bool = True,
+                      mask_block_input: bool = False) -> tuple[onnx.ModelProto, list[str]]:
     """Recipro-CAM's chunk graph and the names of the tail's boundary tensors it takes: inputs
     `ACTIVATION` (1×C×h×w), `POSITIONS` (k, row-major i·w + j), `CLASS` and the boundary tensors
     of the image (1×…); output `SCORES` (k), the class score of A times `kernel` (square, odd
-    size) centred on each position and cut at the borders, zeros elsewhere, through the tail."""
+    size) centred on each position and cut at the borders, zeros elsewhere, through the tail.
+
+    With `mask_block_input` (ViT-ReciproCAM, `camrt.methods.feature.vitreciprocam_explore`), the
+    boundary tensor that is the transformer block's input (`camrt.methods.feature.block_input`:
+    1×(P + h·w)×C) is masked too, its patch tokens by the same mask, its P prefix tokens kept."""
     kernel = np.asarray(kernel)
     if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
         raise ValueError(f"the kernel must be square with an odd size, got shape {kernel.shape}")
-    sub, boundary, front, (_, h, w) = _tail_front(model, layer, POSITIONS)
+    sub, boundary, front, (c, h, w) = _tail_front(model, layer, POSITIONS)
     r = kernel.shape[0] // 2
     side = 2 * r + 3  # the kernel with a ring of zeros: offsets beyond r are clamped onto the ring
     padded = np.zeros((side, side), front.dtype)
@@ -308,6 +313,15 @@ def reciprocam_chunks(model: onnx.ModelProto, layer: str, kernel: np.ndarray, pr
         at_x = front.op("Gather", front.const(offset_x.reshape(h * w, 1, 1, w), np.int64), POSITIONS, axis=0)
         mask = front.op("Gather", front.const(padded.reshape(-1)), front.op("Add", at_y, at_x), axis=0)
     front.wires[activation_name(layer)] = front.op("Mul", ACTIVATION, mask)
+    if mask_block_input:
+        infos = {v.name: v for v in sub.graph.input}
+        shapes = {b: tuple(d.dim_value for d in infos[b].type.tensor_type.shape.dim) for b in boundary}
+        name, prefix = block_input({b: (1, *s[1:]) for b, s in shapes.items()}, (c, h, w))
+        k = front.op("Shape", POSITIONS)
+        ones = front.op("Expand", front.const(np.ones((1, prefix, 1))), front.op("Concat", k, front.ints(prefix, 1),
+                                                                                axis=0))
+        tokens = front.op("Concat", ones, front.op("Reshape", mask, front.ints(-1, h * w, 1)), axis=1)
+        front.wires[name] = front.op("Mul", name, tokens)
     return _assemble(sub, front, probability, f"{model.graph.name}_reciprocam_chunks_{layer}"), boundary
 
 

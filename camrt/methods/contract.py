@@ -19,7 +19,10 @@ Families and the functions they declare:
   tail, for "feature"; of the preprocessed image, run through the forward-only graph, for
   "input"), is sent each batch's class scores, and returns the map ``(1, h, w)`` or ``(1, H, W)``;
   ``runs(activation, options)`` bounds the number of copies for progress reports. A method with
-  ``input_gradient`` is sent ``(scores, ∂y_c/∂input)`` instead of the scores (Opti-CAM).
+  ``input_gradient`` is sent ``(scores, ∂y_c/∂input)`` instead of the scores (Opti-CAM). A
+  "feature" method that also perturbs a tensor crossing the tail's cut (ViT-ReciproCAM masks the
+  block input that the residual adds back) yields `TailCopies` instead of an array: the activation's
+  copies and per-copy batches of those tensors, read from `Context.crossing`.
 
 Every method's map is non-negative (after its ReLU); the caller upsamples and normalises it.
 """
@@ -29,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -93,6 +96,9 @@ class Context:
     base: the class score of the unperturbed image, as `Method.score` says (logit or probability).
     seed: seed of randomised methods (same seed, same map, whatever the chunk).
     chunk: at most this many copies per yielded batch.
+    crossing: the tensors of this image that cross the tail's cut (1×… each, by graph name): what
+        the layers after the target read from before it, such as a skip connection around the
+        target, a transformer block's input and its prefix tokens. Empty when the caller has none.
     """
 
     activation: np.ndarray
@@ -101,6 +107,7 @@ class Context:
     base: float = math.nan
     seed: int = 0
     chunk: int = 16
+    crossing: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.chunk, bool) or not isinstance(self.chunk, (int, np.integer)) or self.chunk < 1:
@@ -120,6 +127,19 @@ class Context:
         if value is None or (what == "base" and math.isnan(value)):
             raise InputError(f"this method needs `{what}` in its Context")
         return value
+
+
+@dataclass(frozen=True)
+class TailCopies:
+    """A batch of a "feature" method that perturbs more than the activation: `activation` holds the
+    k copies of the activation ``(k, C, h, w)``, `crossing` k copies of some of `Context.crossing`'s
+    tensors by name (``(k, …)`` each); the caller repeats the other crossing tensors."""
+
+    activation: np.ndarray
+    crossing: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.activation)
 
 
 @dataclass(frozen=True)

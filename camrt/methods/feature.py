@@ -25,7 +25,7 @@ import numpy as np
 from camrt.checks import choice, number, positive_int
 from camrt.errors import InputError
 from camrt.methods._core import combine, relu, scores_of
-from camrt.methods.contract import Context, Explore, Method, NoOptions, Options
+from camrt.methods.contract import Context, Explore, Method, NoOptions, Options, TailCopies
 
 
 def _check(activation: np.ndarray, chunk: int) -> None:
@@ -181,21 +181,26 @@ def reciprocam_runs(activation: np.ndarray, options: ReciproCAMOptions | None = 
     return int(activation.shape[1] * activation.shape[2])
 
 
+def _position_masks(kernel: np.ndarray, h: int, w: int, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Masks ``(k, h, w)``: `kernel` centred on each row-major position i·w + j, cut at the borders."""
+    r = kernel.shape[0] // 2
+    masks = np.zeros((len(positions), h + 2 * r, w + 2 * r), dtype=dtype)
+    for m, p in zip(masks, positions, strict=True):
+        i, j = divmod(int(p), w)
+        m[i:i + 2 * r + 1, j:j + 2 * r + 1] = kernel
+    return masks[:, r:r + h, r:r + w]
+
+
 def reciprocam_inputs(activation: np.ndarray, chunk: int, kernel: str = "onehot") -> Iterator[np.ndarray]:
     """Copies of the activation that keep the neighbourhood of one spatial position each: position
     (i, j) in copy i·w + j, the activation multiplied by the kernel centred there (one-hot: that
     position's features alone; Gaussian: the 3×3 kernel, cut at the borders), zeros elsewhere."""
     _check(activation, chunk)
     k = _KERNELS[ReciproCAMOptions(kernel).kernel]
-    r = k.shape[0] // 2
-    c, h, w = activation.shape
+    _, h, w = activation.shape
     for start in range(0, h * w, chunk):
         pos = np.arange(start, min(h * w, start + chunk))
-        masks = np.zeros((len(pos), h + 2 * r, w + 2 * r), dtype=activation.dtype)
-        for m, p in zip(masks, pos, strict=True):
-            i, j = divmod(int(p), w)
-            m[i:i + 2 * r + 1, j:j + 2 * r + 1] = k
-        yield activation[None] * masks[:, None, r:r + h, r:r + w]
+        yield activation[None] * _position_masks(k, h, w, pos, activation.dtype)[:, None]
 
 
 def reciprocam(activation: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -224,6 +229,78 @@ def reciprocam_explore(ctx: Context, options: ReciproCAMOptions) -> Explore:
     return reciprocam(ctx.activation[None], scores)
 
 
+@dataclass(frozen=True)
+class ViTReciproCAMOptions(Options):
+    """kernel: ``"gaussian"`` (the paper's 3×3 masks, the default) or ``"onehot"`` (one token each)."""
+
+    kernel: str = "gaussian"
+
+    def _checked(self) -> dict:
+        return {"kernel": choice(self.kernel, "option kernel", tuple(_KERNELS))}
+
+
+VIT_TARGET_HINT = ("target the first layer norm of a transformer block (torchvision's ViT: "
+                   "encoder.layers.encoder_layer_11.ln_1; timm: blocks.11.norm1), whose block input crosses the cut "
+                   "to the residual sum")
+
+
+def block_input(shapes: dict[str, tuple[int, ...]], activation_shape: tuple[int, int, int]) -> tuple[str, int]:
+    """The name of the transformer block's input among the tensors crossing the cut, by shape, and
+    its prefix token count P: the one tensor of shape ``(1, P + h·w, C)`` for the activation's C, h, w
+    (the prefix tokens of the target itself, ``(1, P, C)``, have fewer than h·w tokens).
+
+    Raises:
+        InputError: none or several such tensors cross the cut (the target is not a block's first
+            layer norm, or not a token layer).
+    """
+    c, h, w = activation_shape
+    found = [(name, s[1] - h * w) for name, s in shapes.items() if len(s) == 3 and s[0] == 1 and s[2] == c
+             and s[1] >= h * w]
+    if len(found) != 1:
+        what = "no tensor" if not found else f"{len(found)} tensors"
+        raise InputError(f"vitreciprocam masks the target's tokens and the block input that the residual adds back, "
+                         f"but {what} of the block input's shape (1×(P+{h}·{w})×{c}) cross(es) the cut after this "
+                         f"layer; {VIT_TARGET_HINT}")
+    return found[0]
+
+
+def token_masks(masks: np.ndarray, prefix: int) -> np.ndarray:
+    """Position masks ``(k, h, w)`` as token masks ``(k, P + h·w, 1)``: 1 on the P prefix tokens."""
+    k = len(masks)
+    return np.concatenate([np.ones((k, prefix), masks.dtype), masks.reshape(k, -1)], axis=1)[:, :, None]
+
+
+def vitreciprocam_inputs(activation: np.ndarray, crossing: dict[str, np.ndarray], chunk: int,
+                         kernel: str = "gaussian") -> Iterator[TailCopies]:
+    """ViT-ReciproCAM's copies: for position p (row-major) the target's patch tokens and the block
+    input's patch tokens both multiplied by `kernel` centred on p, the prefix tokens kept."""
+    _check(activation, chunk)
+    name, prefix = block_input({k: v.shape for k, v in crossing.items()}, activation.shape)
+    k = _KERNELS[ViTReciproCAMOptions(kernel).kernel]
+    _, h, w = activation.shape
+    for start in range(0, h * w, chunk):
+        masks = _position_masks(k, h, w, np.arange(start, min(h * w, start + chunk)), activation.dtype)
+        yield TailCopies(activation[None] * masks[:, None], {name: crossing[name] * token_masks(masks, prefix)})
+
+
+def vitreciprocam_explore(ctx: Context, options: ViTReciproCAMOptions) -> Explore:
+    """ViT-ReciproCAM: the class probability the network gives when the tokens of one transformer
+    block are masked around each position, the class (prefix) tokens kept.
+
+    With target ``A = LN₁(X)``, the first layer norm of block k (X its input tokens), and ``M_p``
+    the 3×3 Gaussian ``[1 2 1; 2 4 2; 1 2 1] / 16`` centred on patch p (1 on the prefix tokens),
+    block k computes ``X' = M_p ⊙ X + Attn(M_p ⊙ A)`` and the network goes on from there:
+    ``L(p) = softmax(f(X'))_c``. Masking the layer norm's output and the residual's input, not the
+    block's input, is the paper's "token masking ... from the target layer's input": a layer norm
+    of a masked token would give its bias, not zero. h·w tail runs, like Recipro-CAM.
+
+    Paper: https://arxiv.org/abs/2310.02588 (Byun and Lee, 2023).
+    """
+    scores = yield from scores_of(vitreciprocam_inputs(ctx.activation, dict(ctx.crossing), ctx.chunk,
+                                                       options.kernel))
+    return reciprocam(ctx.activation[None], scores)
+
+
 METHODS = (
     Method("ablationcam", "Relative drop of the class score when each channel is zeroed (tail re-runs)",
            "https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_"
@@ -235,4 +312,8 @@ METHODS = (
     Method("reciprocam", "Class probability of each position's features alone (tail re-runs)",
            "https://arxiv.org/abs/2209.14074", "feature", options=ReciproCAMOptions, explore=reciprocam_explore,
            runs=reciprocam_runs, score="probability", uses_gradient=False),
+    Method("vitreciprocam", "Class probability with a transformer block's tokens masked around each position "
+           "(ViT-ReciproCAM; tail re-runs)", "https://arxiv.org/abs/2310.02588", "feature",
+           options=ViTReciproCAMOptions, explore=vitreciprocam_explore, runs=reciprocam_runs, score="probability",
+           uses_gradient=False),
 )
