@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from camrt.engine.session import open_session
 from camrt.errors import LayerError
 from camrt.exporter.tokens import from_map, layer_for, to_map
 from camrt.exporter.trace import LayerRecord
+from camrt.graph.tensorrt import check_tensorrt
 from camrt.manifest import Layer
 
 SIZE = 32
@@ -130,6 +132,20 @@ def test_layouts_and_grids_in_the_manifest(exported) -> None:
             assert (layer.layout, layer.prefix_tokens, layer.shape[1:]) == ("tokens", layout[1], layout[2:])
         else:
             assert (layer.layout, layer.prefix_tokens, layer.shape[1:]) == ("nhwc", 0, layout[1:])
+
+
+def test_backward_is_plain_onnx_that_tensorrt_parses(exported) -> None:
+    """Layer norm, softmax, GELU, attention, patch embedding, Swin's shifts and relative position
+    bias, forward and backward: only operators of the standard domain (no training-only contrib
+    operators such as com.microsoft's SoftmaxGrad or LayerNormalizationGrad), each one TensorRT's
+    ONNX parser accepts with the types it is used at (camrt.graph.tensorrt)."""
+    _, _, _, path, _ = exported
+    model = onnx.load(str(path))
+    domains = {n.domain for n in model.graph.node} | {d for f in model.functions for d in {n.domain for n in f.node}}
+    assert domains <= {"", "ai.onnx"}, domains
+    # class_idx's default is imported as a constant by TensorRT: a property of camrt's contract
+    # (docs/tensorrt.md), not of the transformer's operators.
+    assert [str(p) for p in check_tensorrt(model) if (p.kind, p.where) != ("constant-input", "class_idx")] == []
 
 
 def test_gradients_match_float64_autograd_on_fresh_inputs(exported) -> None:

@@ -26,6 +26,7 @@ from camrt.graph.chunks import ablationcam_chunks, groupcam_chunks, reciprocam_c
 from camrt.graph.class_idx import default_class_idx, guard_class_idx
 from camrt.graph.class_select import gather_selected_rows
 from camrt.graph.fp16 import cast_round_trips, fp16_passes, to_fp16
+from camrt.graph.layer_norm_stats import layer_norm_statistics
 from camrt.graph.map_heads import add_map_heads, check_maps, map_passes
 from camrt.graph.metadata import attach_manifest
 from camrt.graph.reciprocam_head import add_reciprocam_head, without_gradients
@@ -46,6 +47,7 @@ def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()
     map heads for (`camrt.graph.map_heads`), none by default."""
     return [
         unexpand_matmul_weights,
+        layer_norm_statistics,
         gather_selected_rows,
         guard_class_idx(num_classes),
         default_class_idx,
@@ -57,5 +59,5 @@ def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()
 __all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
            "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows", "add_map_heads",
            "check_maps", "map_passes", "scorecam_chunks", "ablationcam_chunks", "reciprocam_chunks", "to_fp16",
-           "groupcam_chunks", "rise_chunks",
+           "groupcam_chunks", "rise_chunks", "layer_norm_statistics",
            "fp16_passes", "cast_round_trips", "add_reciprocam_head", "without_gradients", "unexpand_matmul_weights"]

@@ -9,6 +9,22 @@ def copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every tensor whose shape ONNX shape inference knows; empty when it fails."""
+    return {name: len(t.shape.dim) for name, t in tensor_types(model).items() if t.HasField("shape")}
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
+    """The inferred tensor type (element type, shape) of every tensor shape inference reaches;
+    empty when it fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shape inference can fail on unusual graphs: callers then rewrite nothing
+        return {}
+    g = inferred.graph
+    return {v.name: v.type.tensor_type for v in [*g.input, *g.output, *g.value_info] if v.type.HasField("tensor_type")}
+
+
 def find_input(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     for i in graph.input:
         if i.name == name:

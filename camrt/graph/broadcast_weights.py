@@ -27,16 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from camrt.graph._util import copy
-
-
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - shape inference can fail on unusual graphs: then no rewrite
-        return {}
-    g = inferred.graph
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.input, *g.output, *g.value_info]
-            if v.type.tensor_type.HasField("shape")}
+from camrt.graph._util import ranks as util_ranks
 
 
 def _weight_shape(graph: onnx.GraphProto, name: str) -> tuple[int, ...] | None:
@@ -81,7 +72,7 @@ def unexpand_matmul_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         if shape is None or len(shape) != 2 or min(shape) <= 1 or not users or node.output[0] in graph_outputs:
             continue
         if ranks is None:
-            ranks = _ranks(model)
+            ranks = util_ranks(model)
         rank = ranks.get(node.output[0])
         if rank is None:
             continue
