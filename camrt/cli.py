@@ -215,6 +215,16 @@ _FP16_HELP = ("Compute the forward pass in float16, for GPUs (the gradient branc
 _FP16_DONE = "float16 compute, float32 inputs and outputs, float16 ranges checked"
 
 
+def _index_or_name(text: str | None) -> int | str | None:
+    """--output-index: an integer index, or the name of a dict output."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _names(text: str | None) -> tuple[str, ...]:
     return () if text is None else tuple(name.strip() for name in text.split(","))
 
@@ -226,7 +236,11 @@ def _names(text: str | None) -> tuple[str, ...]:
 @model_options
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
               help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1}.")
-@click.option("--output-index", type=int, help="Which model output holds the class scores.")
+@click.option("--output-index", help="Which model output holds the class scores (or, with --target, the output to "
+                                    "explain): an index, or the name of a dict output such as 'out'.")
+@click.option("--target", "targeted", is_flag=True,
+              help="Target mode: explain an output of any shape (segmentation, embeddings) for a target given at "
+                   "run time (camrt explain --target-class/--mask/--concept) instead of a class.")
 @click.option("--mean", help="Per-channel mean on [0,1] pixels, e.g. 0.485,0.456,0.406 (ImageNet default).")
 @click.option("--std", help="Per-channel std on [0,1] pixels, e.g. 0.229,0.224,0.225 (ImageNet default).")
 @click.option("--labels", "labels_file", type=click.Path(), help="Text file with one class name per line.")
@@ -242,8 +256,8 @@ def _names(text: str | None) -> tuple[str, ...]:
               help="How the target layers return their maps [default: told from each output].")
 @friendly
 def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
-               input_shape: str, opset: int, output_index: int | None, mean: str | None, std: str | None,
-               labels_file: str | None, input_gradient: bool, maps_text: str | None, fp16: bool,
+               input_shape: str, opset: int, output_index: str | None, targeted: bool, mean: str | None,
+               std: str | None, labels_file: str | None, input_gradient: bool, maps_text: str | None, fp16: bool,
                grid_text: str | None, prefix_tokens: int | None, layout: str | None) -> None:
     """Export MODEL to ONNX with logits, activations and class-score gradients."""
     from camrt import export
@@ -253,7 +267,7 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
     manifest = export(
         model, layers=layer_names, path=out, input_shape=_int_list(input_shape, "--input-shape", 4), arch=arch,
         trust_pickle=trust_pickle,
-        output_index=output_index, opset=opset,
+        output_index=_index_or_name(output_index), opset=opset, target=targeted,
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
         labels=_read_labels(labels_file), input_gradient=input_gradient, maps=_names(maps_text), fp16=fp16,
         grid=_grid(grid_text), prefix_tokens=prefix_tokens, layout=layout,
@@ -264,8 +278,9 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
                        for la in manifest.layers)
     heads = f"; map heads {', '.join(manifest.maps)}" if manifest.maps else ""
     half = f"; {_FP16_DONE}" if fp16 else ""
-    click.echo(f"wrote {out}: {manifest.num_classes} classes; layers {shapes}{heads}; verified against eager PyTorch"
-               f"{half}")
+    what = (f"output {'×'.join(map(str, manifest.target_shape))} per image, explained for a target"
+            if manifest.targeted else f"{manifest.num_classes} classes")
+    click.echo(f"wrote {out}: {what}; layers {shapes}{heads}; verified against eager PyTorch{half}")
 
 
 @main.command("add-maps")
@@ -324,6 +339,12 @@ def methods() -> None:
                    "(see `camrt methods`).")
 @click.option("-o", "--out", "out_dir", default="out", show_default=True, type=click.Path(), help="Output directory.")
 @click.option("--class-idx", type=int, help="Class to explain (default: the top-1 class of each image).")
+@click.option("--target-class", type=int,
+              help="Target mode: the class to explain (its predicted region on a segmentation output).")
+@click.option("--mask", "mask_file", type=click.Path(),
+              help="Target mode: explain --target-class inside this region (image or .npy of the output's size).")
+@click.option("--concept", "concept_file", type=click.Path(),
+              help="Target mode: explain the embedding's cosine similarity to this vector (.npy or text).")
 @click.option("--layer", "layer_names", multiple=True, help="Target layer; repeat to fuse several (default: last).")
 @click.option("--colormap", default="jet", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Heat-map weight in the overlay.")
@@ -338,15 +359,17 @@ def methods() -> None:
               help="Copies per network run for perturbation methods (memory grows with it).")
 @friendly
 def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, class_idx: int | None,
+            target_class: int | None, mask_file: str | None, concept_file: str | None,
             layer_names: tuple[str, ...], colormap: str, alpha: float, save_npy: bool, topk: int, device: str,
             precision: str, seed: int, option_items: tuple[str, ...], chunk_size: int) -> None:
     """Explain IMAGES (files or directories) with MODEL and write overlays to --out."""
     from camrt.engine import Engine
-    from camrt.explain import explain_files
+    from camrt.explain import explain_files, read_target
 
     options = parse_options(option_items)
     engine = Engine(model, device=device, chunk_size=chunk_size, precision=_precision(precision))
     layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
+    target = read_target(engine, target_class, mask_file, concept_file)
     click.echo(f"{Path(model).name}: provider {engine.provider}")
     failed = 0
 
@@ -357,12 +380,12 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
     # one image (unreadable, a method that does not apply, a file not written) is reported and the
     # others go on; the exit code then says so.
     for r in explain_files(engine, images, out_dir, method, class_idx, layer, colormap, alpha, save_npy, topk, seed,
-                           progress if sys.stderr.isatty() else None, options):
+                           progress if sys.stderr.isatty() else None, options, target):
         failed += r.failed
         if r.error:
             click.echo(f"camrt: error: {r.error}", err=True)
             continue
-        top = ", ".join(f"{label} {p:.1%}" for _, label, p in r.top)
+        top = f"score {r.score:.6g}" if r.score is not None else ", ".join(f"{label} {p:.1%}" for _, label, p in r.top)
         note = f" [{r.note}]" if r.note else ""
         times = " ".join(f"{k} {v * 1000:.0f} ms" for k, v in r.seconds.items())
         click.echo(f"{r.path}{note}: {top}")

@@ -13,8 +13,9 @@ import numpy as np
 from camrt import checks
 from camrt.atomic import atomic_write
 from camrt.engine import Engine
+from camrt.engine.targets import Target, target_for
 from camrt.errors import CamrtError, InputError
-from camrt.manifest import LOGITS
+from camrt.manifest import LOGITS, SCORE
 from camrt.methods import METHODS, softmax
 from camrt.visual.overlay import IMAGE_SUFFIXES, grid, overlay, read_image, write_image
 
@@ -136,6 +137,7 @@ class ImageReport:
     error: str | None = None
     note: str | None = None
     top: list[tuple[int, str, float]] = field(default_factory=list)  # (class, label, probability)
+    score: float | None = None  # target mode: the explained score (no classes to rank)
     written: list[Path] = field(default_factory=list)
     method_errors: dict[str, str] = field(default_factory=dict)
     write_errors: list[str] = field(default_factory=list)
@@ -172,6 +174,44 @@ def _output_folder(out: Path, paths: Sequence[Path], names: Sequence[str], metho
         raise InputError(f"cannot create output folder '{out}': {e.strerror or e}") from e
 
 
+def read_target(engine: Engine, target_class: int | None = None, mask_file: str | os.PathLike | None = None,
+                concept_file: str | os.PathLike | None = None) -> Target | None:
+    """The target the command line's --target-class, --mask and --concept give for `engine`'s model
+    (None when none is given: `explain_files` then says what a target-mode model needs). A mask is
+    an image whose non-zero pixels are the region, or a .npy array, of the model output's size; a
+    concept is a .npy vector or a text file of numbers."""
+    if target_class is None and mask_file is None and concept_file is None:
+        return None
+    mask = concept = None
+    if mask_file is not None:
+        path = Path(mask_file)
+        if path.suffix.lower() == ".npy":
+            mask = _load_npy(path, "--mask")
+        else:
+            image, _ = read_image(path)
+            mask = image.reshape(*image.shape[:2], -1).any(axis=2)
+    if concept_file is not None:
+        path = Path(concept_file)
+        if path.suffix.lower() == ".npy":
+            concept = _load_npy(path, "--concept")
+        else:
+            try:
+                concept = np.array(path.read_text().split(), dtype=np.float64)
+            except (OSError, ValueError) as e:
+                raise InputError(f"cannot read --concept '{path}' as numbers: {e}") from e
+    if not engine.manifest.targeted:
+        raise InputError(f"'{engine.path.name}' was exported for classes; --target-class, --mask and --concept are "
+                         "for models exported with `camrt export --target` (use --class-idx)")
+    return target_for(tuple(engine.manifest.target_shape), target_class, mask, concept)
+
+
+def _load_npy(path: Path, option: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {option} '{path}': {e}") from e
+
+
 def explain_files(
     engine: Engine,
     inputs: Sequence[str | os.PathLike],
@@ -186,6 +226,7 @@ def explain_files(
     seed: int = 0,
     progress: Callable[[Path, str, int, int], None] | None = None,
     options: Mapping[str, object] | None = None,
+    target: Target | None = None,
 ) -> Iterator[ImageReport]:
     """For each image: one run of the graph, then every method from it; writes
     `out_dir/<name>.<method>.png` (and `.npy` with `save_npy`), plus `<name>.grid.png` when several
@@ -196,7 +237,9 @@ def explain_files(
     A bad image, a method that does not apply or a failed write is reported in the image's
     `ImageReport`, and the run goes on. `topk` past the number of classes gives them all.
     `progress(path, method, done, total)` follows the methods that re-run the network many times.
-    `options` go to every method that takes them; one that no chosen method takes is an error."""
+    `options` go to every method that takes them; one that no chosen method takes is an error.
+    A model exported in target mode explains `target` (`camrt.engine.targets`, `target_for`) for
+    every image, and its report holds the score instead of a ranking."""
     names = resolve_methods(methods)
     named = set(_method_names(methods))  # a method named, not only brought by 'all', must apply
     options = dict(options or {})
@@ -212,7 +255,17 @@ def explain_files(
     checks.alpha(alpha, "--alpha")
     topk = checks.positive_int(topk, "--topk")
     checks.non_negative_int(seed, "--seed")
-    if class_idx is not None:
+    if engine.manifest.targeted or target is not None:
+        if not engine.manifest.targeted:
+            raise InputError(f"'{engine.path.name}' was exported for classes; --target-class, --mask and --concept are "
+                             "for models exported with `camrt export --target` (use --class-idx)")
+        if class_idx is not None:
+            raise InputError(f"'{engine.path.name}' was exported in target mode: use --target-class (with --mask) or "
+                             "--concept, not --class-idx")
+        if target is None:
+            target_for(engine.manifest.target_shape)  # raises: says which options to give
+        target.check(tuple(engine.manifest.target_shape))
+    elif class_idx is not None:
         engine.check_class_idx(class_idx, 1)  # the engine's own check, once rather than once per image
     paths = expand_inputs(inputs)
     stems = output_names(paths)
@@ -233,15 +286,18 @@ def explain_files(
         report = ImageReport(path, stem)
         try:
             image, report.note = read_image(path)
-            p = engine.forward([image], class_idx)
+            p = engine.forward([image], class_idx, target=target)
         except CamrtError as e:
             report.error = str(e)
             report.failed = True
             yield report
             continue
-        probs = softmax(p.outputs[LOGITS][0])
-        report.top = [(int(k), labels[k] if labels else str(int(k)), float(probs[k]))
-                      for k in np.argsort(probs)[::-1][:topk]]
+        if engine.manifest.targeted:
+            report.score = float(p.outputs[SCORE][0])
+        else:
+            probs = softmax(p.outputs[LOGITS][0])
+            report.top = [(int(k), labels[k] if labels else str(int(k)), float(probs[k]))
+                          for k in np.argsort(probs)[::-1][:topk]]
         report.seconds["inference"] = p.seconds
         tiles, titles = [image], ["input"]
         for name in names:

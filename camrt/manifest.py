@@ -13,6 +13,11 @@ explained class's probability per position) and `saliency.reciprocam` for its on
 optionally `class_maps.reciprocam.L` (N×K×h×w, every class's map); `map_options` records the
 options a head was built with (``{"reciprocam": {"kernel": "onehot"}}``). A model written without
 the gradient branch (`gradients` false: `camrt add-maps --no-gradients`) has no `gradient.L`.
+A model exported in target mode (`target_shape` non-empty: `camrt export --target`, issue 12)
+takes, instead of `class_idx`, the input `target` (N × `target_shape`, the shape of the chosen
+model output per image) and has, instead of `logits` and `class_idx_used`, the outputs `output`
+(that model output) and `score` (N: Σ target ⊙ output per image); `gradient.L` = ∂ score[n] /
+∂ activation.L[n].
 `precision` says how the graph computes: "fp32", or "fp16" (`camrt.graph.fp16`: the forward pass
 in float16, the gradient branch and map heads in float32); inputs and outputs keep their types.
 
@@ -41,6 +46,10 @@ CLASS_IDX = "class_idx"
 LOGITS = "logits"
 CLASS_IDX_USED = "class_idx_used"
 INPUT_GRADIENT = "gradient.input"  # N×C×H×W, like the input; only when Manifest.input_gradient
+# Target mode (Manifest.target_shape non-empty): the vector of the vector-Jacobian product is an input.
+TARGET = "target"  # N × target_shape, float32
+OUTPUT = "output"  # the chosen model output, N × target_shape
+SCORE = "score"  # N: Σ target ⊙ output per image, the scalar whose gradient gradient.L is
 
 
 def activation_name(layer: str) -> str:
@@ -122,6 +131,14 @@ class Manifest:
     # `Options.as_dict()` (Recipro-CAM's kernel); a head answers only callers asking for the same.
     map_options: dict[str, dict] = field(default_factory=dict, hash=False)
     gradients: bool = True  # the graph has the outputs gradient.L (False: `camrt add-maps --no-gradients`)
+    # Target mode: the per-image shape of the output explained and of the input `target`; () for
+    # the classification contract (class_idx, logits). Absent from older manifests.
+    target_shape: tuple[int, ...] = ()
+
+    @property
+    def targeted(self) -> bool:
+        """True for a model exported in target mode (inputs input and target; outputs output, score)."""
+        return bool(self.target_shape)
 
     def layer(self, name: str | None) -> Layer:
         """The target layer called `name`, or the only/last one when `name` is None."""
@@ -151,4 +168,6 @@ class Manifest:
             d["labels"] = tuple(d["labels"])
         if "maps" in d:
             d["maps"] = tuple(d["maps"])
+        if "target_shape" in d:
+            d["target_shape"] = tuple(d["target_shape"])
         return cls(**d)

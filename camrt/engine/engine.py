@@ -17,8 +17,21 @@ from camrt.engine.graphs import Graphs, run_chunked
 from camrt.engine.perturbation import perturbation_map
 from camrt.engine.preprocess import check_batch, images_text, nonfinite_images, preprocess
 from camrt.engine.session import open_session
+from camrt.engine.targets import Target, as_target
 from camrt.errors import InputError, first_line
-from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, METADATA_KEY, Manifest, map_name, saliency_name
+from camrt.manifest import (
+    CLASS_IDX,
+    CLASS_IDX_USED,
+    INPUT,
+    LOGITS,
+    METADATA_KEY,
+    OUTPUT,
+    SCORE,
+    TARGET,
+    Manifest,
+    map_name,
+    saliency_name,
+)
 from camrt.methods import Method, Options, SampleContext, fuse, get_method, normalize, softmax, upsample
 from camrt.methods.gradient import check_pooled_head
 
@@ -35,6 +48,9 @@ class Result:
     low_res: N×h×w map before upsampling and normalisation (for several fused layers, the
         deepest layer's map; the fused map exists only at input resolution).
     class_idx: N classes explained; logits: N×K; scores: N softmax probabilities of those classes.
+        In target mode: class_idx all -1, logits the explained output (N × its shape), scores the
+        explained score of each image (the graph's `score`, or the target's own, such as a cosine
+        similarity).
     timings: seconds spent in the model runs ("inference") and in the method ("method").
     """
 
@@ -55,6 +71,7 @@ class Pass:
     x: np.ndarray
     outputs: Mapping[str, np.ndarray]  # with IO binding, what stayed on the device is copied on first read
     seconds: float
+    target: Target | None = None  # target mode: what was explained (outputs[TARGET] holds its vector)
 
 
 class Engine:
@@ -180,8 +197,9 @@ class Engine:
     def run(self, x: np.ndarray, class_idx: np.ndarray,
             host: Collection[str] | None = None) -> Mapping[str, np.ndarray]:
         """All graph outputs for a batch, in chunks of `chunk_size` rows. With IO binding, those in
-        `host` (None: all) are copied to the host at once, the others when first read."""
-        feeds = {INPUT: x, CLASS_IDX: class_idx}
+        `host` (None: all) are copied to the host at once, the others when first read. In target
+        mode `class_idx` is the target's vector, one per image."""
+        feeds = {INPUT: x, TARGET if self.manifest.targeted else CLASS_IDX: class_idx}
         if self._fixed is not None:  # its buffers are bound once: every output comes to the host
             return run_chunked(self._fixed, feeds, self.chunk_size)
         return run_chunked(self._session, feeds, self.chunk_size, binder=self.graphs.binder, host=host)
@@ -202,7 +220,8 @@ class Engine:
 
     def forward(self, images: np.ndarray | Sequence[np.ndarray],
                 class_idx: int | Sequence[int] | np.ndarray | None = None, gradient: bool = True,
-                host: Collection[str] | None = None, heads: Sequence[str] = ()) -> Pass:
+                host: Collection[str] | None = None, heads: Sequence[str] = (),
+                target: Target | np.ndarray | None = None) -> Pass:
         """One run of the full graph: logits, classes, activations and gradients of every layer.
         Any number of methods can then be computed from it with `explain_pass`. With
         `gradient=False` the run skips the gradient branch (a forward-only graph), which is all
@@ -210,15 +229,18 @@ class Engine:
         names the outputs to copy to the host at once (None: all; the logits always); the others
         stay on the device until read from `Pass.outputs`. `heads`: with `gradient=False`, outputs
         of gradient-free map heads (`map.reciprocam.L`, `saliency.reciprocam`) to compute in the
-        same run."""
-        return self._forward(images, class_idx, gradient, host, heads)
+        same run. A model exported in target mode takes `target` instead of `class_idx`
+        (`camrt.engine.targets`)."""
+        return self._forward(images, class_idx, gradient, host, heads, target=target)
 
     def _forward(self, images: np.ndarray | Sequence[np.ndarray], class_idx: int | Sequence[int] | np.ndarray | None,
                  gradient: bool, host: Collection[str] | None, heads: Sequence[str],
-                 only: Sequence[str] | None = None) -> Pass:
+                 only: Sequence[str] | None = None, target: Target | np.ndarray | None = None) -> Pass:
         """`forward`; with `only` (`explain` reading a map head), the run returns those outputs, the
         logits and the classes and no others (activations and gradients are neither copied out nor
         checked: a NaN in them shows in the map and logits computed from them)."""
+        if self.manifest.targeted or target is not None:
+            return self._forward_target(images, class_idx, gradient, target)
         x = self.prepare(images)
         cls = self.check_class_idx(class_idx, len(x))
         host = None if host is None else {LOGITS, CLASS_IDX_USED, *host}
@@ -247,6 +269,47 @@ class Engine:
                              "check the preprocessing that produced the input")
         return Pass(x, out, time.perf_counter() - t0)
 
+    def _forward_target(self, images: np.ndarray | Sequence[np.ndarray],
+                        class_idx: int | Sequence[int] | np.ndarray | None, gradient: bool,
+                        target: Target | np.ndarray | None) -> Pass:
+        """`forward` of a model exported in target mode: the target's vector (after a forward-only
+        run when it reads the output), then the full graph (or, without `gradient`, the forward
+        graph with the activations). Every output comes to the host."""
+        if not self.manifest.targeted:
+            raise InputError(f"'{self.path.name}' was exported for classes (class_idx); re-export it with "
+                             "`camrt export --target` to explain it for a target")
+        if class_idx is not None:
+            raise InputError(f"'{self.path.name}' was exported in target mode: give target= (a camrt.engine.targets "
+                             "builder or an array), not class_idx")
+        if target is None:
+            raise InputError(f"'{self.path.name}' was exported in target mode and needs a target: "
+                             "camrt.engine.targets.ClassTarget(k), RegionTarget(k, mask), SimilarityTarget(concept) "
+                             "or an array of the output's shape")
+        built = as_target(target)
+        shape = tuple(self.manifest.target_shape)
+        built.check(shape)
+        x = self.prepare(images)
+        t0 = time.perf_counter()
+        activations = [la.activation for la in self.manifest.layers]
+        first = None
+        if built.needs_output or not gradient:
+            first = dict(run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size,
+                                     [OUTPUT, *activations], binder=self.graphs.binder))
+        vector = built.vector(None if first is None else first[OUTPUT], shape, len(x))
+        if gradient:
+            out = dict(self.run(x, vector))
+        else:
+            out = first
+        out[TARGET] = vector
+        out[SCORE] = np.asarray([built.score(out[OUTPUT][n:n + 1], vector[n])[0] for n in range(len(x))],
+                                np.float32)
+        bad = nonfinite_images(*(v for v in out.values() if v.dtype.kind == "f"))
+        if bad:
+            raise InputError(f"the model's outputs hold NaN or infinite values for {images_text(bad)}: its float32 "
+                             f"arithmetic overflowed (the input's largest magnitude is {float(np.abs(x).max()):.3g}); "
+                             "check the preprocessing that produced the input")
+        return Pass(x, out, time.perf_counter() - t0, built)
+
     def explain(
         self,
         images: np.ndarray | Sequence[np.ndarray],
@@ -255,6 +318,7 @@ class Engine:
         layer: str | Sequence[str] | None = None,
         seed: int = 0,
         progress: Callable[[int, int], None] | None = None,
+        target: Target | np.ndarray | None = None,
         **options: object,
     ) -> Result:
         """Explain `images` with `method` (a name from `camrt.methods.METHODS`).
@@ -268,6 +332,9 @@ class Engine:
             seed: seeds randomised methods (Smooth Grad-CAM++, SS-CAM, RISE): same seed, same map.
             progress: for methods that re-run the network many times (perturbation methods),
                 called as progress(done, total) after each chunk; raising from it stops the run.
+            target: for a model exported in target mode (`camrt export --target`), what to explain
+                of its output instead of a class: a `camrt.engine.targets` builder or an array.
+                Perturbation methods judge their copies by the target's score (no softmax).
             options: the method's options (`METHODS[method].options` lists them with their defaults),
                 e.g. ``n=8`` for SS-CAM.
         """
@@ -282,8 +349,10 @@ class Engine:
             outputs = [head, *[n for n in [saliency_name(spec.name)] if n in self._outputs]]
             read = [*outputs, *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
             heads = [] if spec.uses_gradient else outputs  # a gradient-free head (Recipro-CAM): no gradient branch
+        if self.manifest.targeted and spec.input_gradient:
+            raise InputError(f"method '{spec.name}' optimises a class score and is not offered in target mode")
         # (no `host`: every output fetched is read, so all of it comes to the host)
-        p = self._forward(images, class_idx, spec.uses_gradient, None, heads, only=read)
+        p = self._forward(images, class_idx, spec.uses_gradient, None, heads, only=read, target=target)
         return self._explain_pass(p, spec, layers, seed, progress, opts, head)
 
     def _head(self, spec: Method, layers: Sequence[str], options: Options) -> str | None:
@@ -314,11 +383,13 @@ class Engine:
     def _explain_pass(self, p: Pass, spec: Method, layers: list[str], seed: int,
                       progress: Callable[[int, int], None] | None, opts: Options, head: str | None) -> Result:
         """`explain_pass` with its arguments checked (`head`: `_head`'s answer for them)."""
-        out, used = p.outputs, p.outputs[CLASS_IDX_USED]
+        out = p.outputs
+        targeted = p.target is not None
+        used = np.full(len(p.x), -1, np.int64) if targeted else out[CLASS_IDX_USED]
         timings = {"inference": p.seconds}
         samples = None
         if spec.family == "sampled":
-            samples, t_inf = self._run_samples(spec, opts, p.x, used, layers, seed)
+            samples, t_inf = self._run_samples(spec, opts, p.x, out[TARGET] if targeted else used, layers, seed)
             timings["inference"] += t_inf
         t1 = time.perf_counter()
         maps, saliency = [], None
@@ -333,7 +404,8 @@ class Engine:
         for la in layers if not maps else ():
             a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
             if spec.perturbation:
-                maps.append(perturbation_map(spec, opts, self.graphs, p.x, out, la, self.chunk_size, seed, progress))
+                maps.append(perturbation_map(spec, opts, self.graphs, p.x, out, la, self.chunk_size, seed, progress,
+                                             p.target))
             elif samples is None:
                 maps.append(spec.map(a, g))
             else:
@@ -349,6 +421,9 @@ class Engine:
         elif saliency is None:
             saliency = fuse(maps, size)
         timings["method"] = time.perf_counter() - t1
+        if targeted:
+            return Result(spec.name, tuple(layers), saliency.astype(np.float32, copy=False),
+                          maps[-1].astype(np.float32, copy=False), used, out[OUTPUT], out[SCORE], timings)
         logits = out[LOGITS]
         return Result(spec.name, tuple(layers), saliency.astype(np.float32, copy=False),
                       maps[-1].astype(np.float32, copy=False), used,
@@ -384,7 +459,8 @@ class Engine:
     def _run_samples(self, spec: Method, options: Options, x: np.ndarray, used: np.ndarray, layers: list[str],
                      seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
         """Run all copies of every image in one batched (chunked) pass, each explained for the
-        class chosen for its source image: per layer, the copies' activations and gradients
+        class chosen for its source image (in target mode `used` holds each image's target vector):
+        per layer, the copies' activations and gradients
         ``(N, S, C, h, w)``, and the seconds the runs took."""
         p = self.manifest.preprocessing
         black = ((0.0 - np.asarray(p.mean)) / np.asarray(p.std)).astype(np.float32)[None, :, None, None]
@@ -394,7 +470,7 @@ class Engine:
         bad = nonfinite_images(copies)
         t0 = time.perf_counter()
         if not bad:
-            out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s))
+            out = self.run(copies.reshape(n * s, *copies.shape[2:]), np.repeat(used, s, axis=0))
             bad = nonfinite_images(*(v.reshape(n, -1) for v in out.values() if v.dtype.kind == "f"))
         if bad:
             raise InputError(f"method '{spec.name}' gave copies or outputs with NaN or infinite values for "

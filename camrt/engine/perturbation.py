@@ -24,9 +24,11 @@ import onnxruntime as ort
 
 from camrt.engine.binding import Binder
 from camrt.engine.graphs import Graphs
+from camrt.engine.targets import Target
+from camrt.errors import InputError
 from camrt.graph import ablationcam_chunks, groupcam_chunks, reciprocam_chunks, rise_chunks, scorecam_chunks
 from camrt.graph.chunks import ACTIVATION, CHANNELS, CLASS, GRIDS, MAPS, POSITIONS, SCORES
-from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, activation_name, gradient_name
+from camrt.manifest import CLASS_IDX, CLASS_IDX_USED, INPUT, LOGITS, SCORE, TARGET, activation_name, gradient_name
 from camrt.methods import Context, Method, Options, ablationcam, reciprocam, scorecam, softmax
 from camrt.methods._core import scores_of
 from camrt.methods.contract import Explore, TailCopies
@@ -169,15 +171,22 @@ def run_scores(session: ort.InferenceSession, feeds: dict[str, np.ndarray | ort.
 
 def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.ndarray,
                      outputs: dict[str, np.ndarray], layer: str, chunk: int, seed: int,
-                     progress: Progress | None = None) -> np.ndarray:
+                     progress: Progress | None = None, target: Target | None = None) -> np.ndarray:
     """The maps ``(N, h, w)`` (or ``(N, H, W)``) of `method` for the batch `x` whose full or
     forward-only run gave `outputs`: "feature" copies go through `layer`'s tail (the tensors
     crossing the cut are computed once per image), "input" copies through the forward-only graph,
     and a method with `input_gradient` through the logits + input-gradient graph; a method of
     `CHUNK_FORMS` through its chunk graph as `graphs.chunk_graphs` says (`chunk_form`).
-    `progress(done, total)` is called after each batch; raising from it stops the run."""
+    `progress(done, total)` is called after each batch; raising from it stops the run.
+
+    In target mode (`target`, with `outputs[TARGET]` its vector per image) every copy is judged by
+    the target's score of its output (`Target.score`: Σ vector ⊙ output for a linear target), the
+    base by the image's, and `Method.score` (logit or probability) does not apply; the copies are
+    built by numpy (chunk graphs select a class)."""
     probability = method.score == "probability"
-    form = chunk_form(method, options, graphs.chunk_graphs)
+    if target is not None and graphs.chunk_graphs:
+        raise InputError("chunk graphs select a class and are not offered in target mode; leave chunk_graphs unset")
+    form = None if target is not None else chunk_form(method, options, graphs.chunk_graphs)
     chunks = None
     if form is not None:
         chunks = graphs.chunk_graph((method.name, layer, form.key(options)),
@@ -193,8 +202,13 @@ def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.nda
     cut = chunks if chunks is not None else tail  # the sessions that compute the tensors crossing the cut
     takes_image = INPUT in {i.name for i in session.get_inputs()}
     acts, grads = outputs[activation_name(layer)], outputs.get(gradient_name(layer))
-    used = outputs[CLASS_IDX_USED]
-    base = outputs[LOGITS] if method.score == "logit" else softmax(outputs[LOGITS])
+    if target is not None:
+        vectors = outputs[TARGET]
+        used = np.zeros(len(acts), np.int64)
+        base = np.asarray(outputs[SCORE], np.float64)[:, None]  # the image's own score, as column 0
+    else:
+        used = outputs[CLASS_IDX_USED]
+        base = outputs[LOGITS] if method.score == "logit" else softmax(outputs[LOGITS])
     budgets = [method.runs(a, options) for a in acts]
     total, done = sum(budgets), 0
     maps = []
@@ -224,7 +238,10 @@ def perturbation_map(method: Method, options: Options, graphs: Graphs, x: np.nda
                     if method.input_gradient:
                         feed[CLASS_IDX] = np.full(len(batch), used[n], np.int64)
                     z, *rest = session.run(None, feed)
-                    scores = (softmax(z) if probability else z)[:, used[n]]
+                    if target is not None:
+                        scores = target.score(z, vectors[n]).astype(z.dtype)
+                    else:
+                        scores = (softmax(z) if probability else z)[:, used[n]]
                     reply = (scores, rest[0]) if method.input_gradient else scores
                 image_done += len(batch)
                 if progress is not None:

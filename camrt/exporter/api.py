@@ -22,7 +22,16 @@ from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.tokens import describe, layer_for
-from camrt.exporter.trace import LayerRecord, check_layers, frozen_eval, select_output, survey, trace, traceable_example
+from camrt.exporter.trace import (
+    LayerRecord,
+    check_layers,
+    frozen_eval,
+    second_input,
+    select_output,
+    survey,
+    trace,
+    traceable_example,
+)
 from camrt.graph import PatternNotFound, check_maps, export_passes, fp16_passes, run_passes
 from camrt.graph.fp16 import Fp16RangeError
 from camrt.graph.fp16 import check as check_fp16
@@ -35,6 +44,9 @@ from camrt.manifest import (
     INPUT_GRADIENT,
     LOGITS,
     OPSETS,
+    OUTPUT,
+    SCORE,
+    TARGET,
     Manifest,
     Preprocessing,
     activation_name,
@@ -116,11 +128,12 @@ def _example(shape: Sequence[int], seed: int) -> torch.Tensor:
 
 
 def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[str], opset: int,
-             input_gradient: bool = False) -> onnx.ModelProto:
+             input_gradient: bool = False, target_shape: Sequence[int] = ()) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = traceable_example(example)
-    cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
-    names = [LOGITS, CLASS_IDX_USED, *map(activation_name, layers), *map(gradient_name, layers)]
+    cls = second_input(example, target_shape)
+    first = [OUTPUT, SCORE] if target_shape else [LOGITS, CLASS_IDX_USED]
+    names = [*first, *map(activation_name, layers), *map(gradient_name, layers)]
     if input_gradient:
         names.append(INPUT_GRADIENT)
     # The exporter reports progress on stdout and raises many warnings; a library stays quiet.
@@ -129,7 +142,7 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 gm, (example, cls), dynamo=True, dynamic_shapes=({0: batch}, {0: batch}),
-                input_names=[INPUT, CLASS_IDX], output_names=names, opset_version=opset,
+                input_names=[INPUT, TARGET if target_shape else CLASS_IDX], output_names=names, opset_version=opset,
                 optimize=True, verify=False, report=False,
             )
     except Exception as e:  # noqa: BLE001 - the exporter raises many types
@@ -143,7 +156,7 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
     return program.model_proto
 
 
-def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_index: int | None,
+def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_index: int | str | None,
                     ) -> dict[str, np.ndarray]:
     """Run the serialized model, the very bytes that will be written, on a fresh input (another
     batch size and seed than the export example, one explicit class and the rest top-1) and
@@ -152,12 +165,16 @@ def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_in
 
     n = 2 if manifest.input_shape[0] != 2 else 3
     x = _example((n, *manifest.input_shape[1:]), seed=1234)
-    cls = np.full(n, -1, dtype=np.int64)
-    cls[-1] = (n * 7919) % manifest.num_classes
+    if manifest.targeted:  # a fresh target too: another seed than the trace's
+        cls = np.random.default_rng(4321).normal(size=(n, *manifest.target_shape)).astype(np.float32)
+    else:
+        cls = np.full(n, -1, dtype=np.int64)
+        cls[-1] = (n * 7919) % manifest.num_classes
+    second = TARGET if manifest.targeted else CLASS_IDX
     try:
         sess = open_session(data, device="cpu")
         names = [o.name for o in sess.get_outputs()]
-        got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), CLASS_IDX: cls}), strict=True))
+        got = dict(zip(names, sess.run(None, {INPUT: x.numpy(), second: cls}), strict=True))
     except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
         first = first_line(e)
         raise ExportError(f"ONNX Runtime cannot run the exported graph for its self-check (opset {manifest.opset}): "
@@ -169,7 +186,7 @@ def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_in
     if problems:
         raise VerificationError("the exported graph disagrees with eager PyTorch on a fresh input: "
                                 + "; ".join(map(str, problems)))
-    return {INPUT: x.numpy(), CLASS_IDX: cls}
+    return {INPUT: x.numpy(), second: cls}
 
 
 def _half(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], path: Path) -> tuple[bytes, onnx.ModelProto]:
@@ -199,7 +216,7 @@ def export(
     input_shape: Sequence[int] | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
-    output_index: int | None = None,
+    output_index: int | str | None = None,
     opset: int = DEFAULT_OPSET,
     mean: Sequence[float] = Preprocessing.mean,
     std: Sequence[float] = Preprocessing.std,
@@ -210,6 +227,7 @@ def export(
     layout: str | None = None,
     grid: Sequence[int] | None = None,
     prefix_tokens: int | None = None,
+    target: bool = False,
 ) -> Manifest:
     """Export `model` to an ONNX file whose outputs are the logits, the used class and, for each
     target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
@@ -230,7 +248,9 @@ def export(
         path: where to write the .onnx file.
         input_shape: the example's shape when no `example_input` is given (default 1,3,224,224).
         arch, trust_pickle: how to load a model file (state dict + architecture; pickles).
-        output_index: which output holds the class scores when the model returns several.
+        output_index: which output holds the class scores (or, with `target`, the output to
+            explain) when the model returns several: an index, or a key of a dict output
+            (torchvision's segmentation models return {"out": ..., "aux": ...}).
         opset: ONNX opset, one of `supported_opsets()` (18 to 26; default 20). The manifest
             records the opset the file really has.
         mean, std: preprocessing stored in the manifest (per channel, on [0, 1] pixels).
@@ -252,6 +272,12 @@ def export(
             the input's aspect ratio.
         prefix_tokens: tokens before the patch tokens (class, distillation, registers), or None
             for the model's `num_prefix_tokens` or the smallest count that leaves a grid.
+        target: target mode (issue 12): any output of fixed shape per image (N×K, N×K×H×W, N×D,
+            ...) is explained for a vector the caller gives, the graph input `target` of that
+            output's shape: `score[n]` = Σ target[n] ⊙ output[n] and `gradient.L` its gradient
+            (`camrt.targets` builds targets: a class, a class inside a mask, an embedding's cosine
+            similarity to a concept). The outputs are `output` and `score` instead of `logits` and
+            `class_idx_used`; map heads and fp16 are not offered in this mode.
 
     Returns:
         The manifest written into the model.
@@ -261,6 +287,10 @@ def export(
         UnsupportedOpError, VerificationError) with a message that says what to do.
     """
     opset = _check_opset(opset)  # before any work: torch would silently write another opset
+    if not isinstance(target, bool):
+        raise InputError(f"target must be True or False, got {target!r}")
+    if target and (maps or fp16):
+        raise InputError("map heads and fp16 are not offered in target mode (--target) yet; export without them")
     maps = check_maps(maps) if maps else ()
     layers = list(layers)
     if input_gradient and INPUT_GRADIENT in map(gradient_name, layers):
@@ -300,9 +330,14 @@ def export(
         raise InputError(f"--mean and --std need {channels} values each (one per input channel), std non-zero")
     with frozen_eval(model), torch.no_grad():
         logits = select_output(model(example), output_index)
-    if logits.dim() != 2:
+    target_shape: tuple[int, ...] = tuple(int(d) for d in logits.shape[1:]) if target else ()
+    if target and logits.dim() < 2:
+        raise InputError(f"the output explained has shape {tuple(logits.shape)}; target mode needs N×… with "
+                         "something per image (N×K, N×K×H×W, N×D)")
+    if not target and logits.dim() != 2:
         raise InputError(f"the model's class scores have shape {tuple(logits.shape)}; expected N×K "
-                         "(use --output-index if it returns several outputs)")
+                         "(use --output-index if it returns several outputs, or --target to explain an output "
+                         "of another shape for a target you give)")
     num_classes = int(logits.shape[1])
     if labels is not None:
         if isinstance(labels, str) or not all(isinstance(la, str) for la in labels):
@@ -311,8 +346,8 @@ def export(
             raise InputError(f"{len(labels)} labels given for {num_classes} classes (the model's output has "
                              f"{num_classes} scores); give one name per class, in class order")
 
-    gm = trace(model, example, targets, output_index, input_gradient)
-    graph = _to_onnx(gm, example, layers, opset, input_gradient)
+    gm = trace(model, example, targets, output_index, input_gradient, target_shape)
+    graph = _to_onnx(gm, example, layers, opset, input_gradient, target_shape)
     written = file_opset(graph)
     if written != opset:  # torch falls back to its own opset without failing
         raise ExportError(f"torch's ONNX exporter wrote opset {written} instead of the requested {opset}; "
@@ -328,9 +363,10 @@ def export(
         source=source,
         opset=written,  # the opset the file has, read from the graph
         input_gradient=bool(input_gradient),
+        target_shape=target_shape,
     )
     try:
-        proto = run_passes(graph, export_passes(num_classes, manifest.to_json(), maps))
+        proto = run_passes(graph, export_passes(num_classes, manifest.to_json(), maps, targeted=target))
     except PatternNotFound as e:
         raise ExportError(f"{e}. torch {torch.__version__} traced the model in a form camrt's graph passes do not "
                           "recognise, so nothing was written; please report it with the output of "

@@ -36,12 +36,23 @@ class LayerRecord:
     note: str = ""  # what a target there exports (`camrt.list_layers` fills it)
 
 
-def select_output(out: object, output_index: int | None) -> torch.Tensor:
-    """Pick the class-score tensor from whatever the model returns."""
+def select_output(out: object, output_index: int | str | None) -> torch.Tensor:
+    """Pick the explained tensor from whatever the model returns: the only tensor, or the output
+    `output_index` of a tuple or list (an index) or of a dict (a key, or an index in its order)."""
     if isinstance(out, torch.Tensor):
         if output_index not in (None, 0):
             raise InputError(f"the model returns one tensor; --output-index {output_index} does not exist")
         return out
+    if isinstance(output_index, str):
+        if not isinstance(out, dict):
+            raise InputError(f"--output-index '{output_index}' is a name, and the model returns a "
+                             f"{type(out).__name__}; give an index 0..{len(out) - 1 if hasattr(out, '__len__') else 0}")
+        if output_index not in out:
+            raise InputError(f"the model's outputs are named {', '.join(map(str, out))}; '{output_index}' is not one")
+        chosen = out[output_index]
+        if isinstance(chosen, torch.Tensor):
+            return chosen
+        raise InputError(f"the model's output '{output_index}' is a {type(chosen).__name__}, not a tensor")
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (tuple, list)):
@@ -178,16 +189,19 @@ def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None
             )
 
 
-def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | None, input_gradient: bool = False):
+def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | str | None,
+                 input_gradient: bool = False, targeted: bool = False):
     """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G), with the
     input gradient appended when `input_gradient`. A is each layer's N×C×h×w map
     (`camrt.exporter.tokens.to_map` of what the module returns) and G the gradient with respect
-    to it; the network goes on from the output rebuilt from A (`from_map`)."""
+    to it; the network goes on from the output rebuilt from A (`from_map`). With `targeted`:
+    (x, target) -> (output, score, *A, *G), score[n] = Σ target[n] ⊙ output[n] and G its gradient
+    (the class one-hot of the default is one choice of the target)."""
     from camrt.exporter.tokens import from_map, to_map
 
     modules = dict(model.named_modules())
 
-    def f(x: torch.Tensor, class_idx: torch.Tensor):
+    def f(x: torch.Tensor, class_idx: torch.Tensor):  # class_idx: the target when `targeted`
         acts: dict[str, torch.Tensor] = {}
         if input_gradient:
             # With the input in the autograd graph every target stays in it too (none becomes a
@@ -212,16 +226,20 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
         try:
             with torch.enable_grad():
                 logits = select_output(model(x), output_index)
-                top = logits.argmax(dim=1)
-                used = torch.where(class_idx == -1, top, class_idx)
-                onehot = (torch.arange(logits.shape[1], device=logits.device) == used[:, None]).to(logits.dtype)
-                score = (logits * onehot).sum()
+                if targeted:
+                    per_image = (logits * class_idx).flatten(1).sum(1)
+                    used, score = per_image, per_image.sum()
+                else:
+                    top = logits.argmax(dim=1)
+                    used = torch.where(class_idx == -1, top, class_idx)
+                    onehot = (torch.arange(logits.shape[1], device=logits.device) == used[:, None]).to(logits.dtype)
+                    score = (logits * onehot).sum()
                 wrt = [*(acts[la.name] for la in layers), *([x] if input_gradient else [])]
                 grads = torch.autograd.grad(score, wrt)
         finally:
             for h in handles:
                 h.remove()
-        return (logits.detach(), used, *(acts[la.name].detach() for la in layers), *grads)
+        return (logits.detach(), used.detach(), *(acts[la.name].detach() for la in layers), *grads)
 
     return f
 
@@ -232,15 +250,24 @@ def traceable_example(example: torch.Tensor) -> torch.Tensor:
     return torch.cat([example, example.flip(0)]) if example.shape[0] == 1 else example
 
 
+def second_input(example: torch.Tensor, target_shape: Sequence[int] = ()) -> torch.Tensor:
+    """The traced function's second argument for `example` (batch ≥ 2): class_idx -1 for each
+    image, or in target mode a random target of `target_shape` per image."""
+    if target_shape:
+        gen = torch.Generator().manual_seed(7)
+        return torch.randn((example.shape[0], *target_shape), generator=gen)
+    return torch.full((example.shape[0],), -1, dtype=torch.int64)
+
+
 def trace(
-    model: nn.Module, example: torch.Tensor, layers: Sequence[Layer], output_index: int | None,
-    input_gradient: bool = False,
+    model: nn.Module, example: torch.Tensor, layers: Sequence[Layer], output_index: int | str | None,
+    input_gradient: bool = False, target_shape: Sequence[int] = (),
 ) -> torch.fx.GraphModule:
     """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions;
-    `input_gradient` adds ∂ score / ∂ input as the last output."""
-    f = cam_function(model, layers, output_index, input_gradient)
+    `input_gradient` adds ∂ score / ∂ input as the last output; a `target_shape` traces target mode."""
+    f = cam_function(model, layers, output_index, input_gradient, targeted=bool(target_shape))
     example = traceable_example(example)
-    cls = torch.full((example.shape[0],), -1, dtype=torch.int64)
+    cls = second_input(example, target_shape)
     try:
         with frozen_eval(model), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
             gm = make_fx(

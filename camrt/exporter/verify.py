@@ -34,7 +34,17 @@ from torch import nn
 
 from camrt.exporter.tokens import to_map
 from camrt.exporter.trace import frozen_eval, select_output
-from camrt.manifest import CLASS_IDX_USED, INPUT_GRADIENT, LOGITS, Layer, activation_name, gradient_name, is_gradient
+from camrt.manifest import (
+    CLASS_IDX_USED,
+    INPUT_GRADIENT,
+    LOGITS,
+    OUTPUT,
+    SCORE,
+    Layer,
+    activation_name,
+    gradient_name,
+    is_gradient,
+)
 
 RTOL = 1e-4
 MAX_FLIP_FRACTION = 5e-3
@@ -51,12 +61,13 @@ class Mismatch:
 
 
 def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
-                  output_index: int | None, input_gradient: bool = False,
+                  output_index: int | str | None, input_gradient: bool = False,
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """(oracle, yardstick): logits, used class and per-layer activation and gradient (and the input
-    gradient when `input_gradient`) by eager autograd in float64 on a copy (the caller's model is
-    untouched), and in float32 with PyTorch's native kernels. When the model cannot run in float64,
-    the float32 run is the oracle and there is no yardstick."""
+    gradient when `input_gradient`; in target mode, `class_idx` a float target: output and score)
+    by eager autograd in float64 on a copy (the caller's model is untouched), and in float32 with
+    PyTorch's native kernels. When the model cannot run in float64, the float32 run is the oracle
+    and there is no yardstick."""
     with warnings.catch_warnings():  # torch warns about TF32 on Intel GPUs whenever the flags change
         warnings.simplefilter("ignore", UserWarning)
         with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's conv backward is less accurate still
@@ -69,7 +80,7 @@ def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, la
 
 
 def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
-           output_index: int | None, input_gradient: bool) -> dict[str, np.ndarray]:
+           output_index: int | str | None, input_gradient: bool) -> dict[str, np.ndarray]:
     """The outputs by plain autograd with respect to what each module returns; a token or
     channels-last layer's output and gradient are then put on their grid (`tokens.to_map`, the
     reshape pytorch-grad-cam's users write), independently of the exported function's rebuild."""
@@ -88,13 +99,19 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
         with frozen_eval(model):
             xg = x.clone().requires_grad_(True)  # so every activation is in the autograd graph
             logits = select_output(model(xg), output_index)
-            used = torch.where(class_idx == -1, logits.argmax(1), class_idx)
             wrt = [*(acts[la.name] for la in layers), *([xg] if input_gradient else [])]
-            grads = torch.autograd.grad(logits[torch.arange(len(used)), used].sum(), wrt)
+            if class_idx.is_floating_point():  # target mode: the vector of the vector-Jacobian product
+                used = (logits * class_idx.to(logits.dtype)).flatten(1).sum(1)
+                grads = torch.autograd.grad(used.sum(), wrt)
+                names = (OUTPUT, SCORE)
+            else:
+                used = torch.where(class_idx == -1, logits.argmax(1), class_idx)
+                grads = torch.autograd.grad(logits[torch.arange(len(used)), used].sum(), wrt)
+                names = (LOGITS, CLASS_IDX_USED)
     finally:
         for h in handles:
             h.remove()
-    out = {LOGITS: logits.detach().numpy(), CLASS_IDX_USED: used.numpy()}
+    out = {names[0]: logits.detach().numpy(), names[1]: used.detach().numpy()}
     for la, g in zip(layers, grads, strict=False):
         out[activation_name(la.name)] = to_map(la, acts[la.name].detach()).numpy()
         out[gradient_name(la.name)] = to_map(la, g).numpy()

@@ -42,15 +42,16 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass]) -> onnx.ModelProt
     return model
 
 
-def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()) -> list[Pass]:
+def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = (), targeted: bool = False
+                  ) -> list[Pass]:
     """What the exporter does to the graph torch.onnx wrote, in order; `maps`: the methods to add
-    map heads for (`camrt.graph.map_heads`), none by default."""
+    map heads for (`camrt.graph.map_heads`), none by default. In target mode (`targeted`) there is
+    no class to select, guard or default: the class passes are left out."""
+    classes = [] if targeted else [gather_selected_rows, guard_class_idx(num_classes), default_class_idx]
     return [
         unexpand_matmul_weights,
         layer_norm_statistics,
-        gather_selected_rows,
-        guard_class_idx(num_classes),
-        default_class_idx,
+        *classes,
         attach_manifest(manifest_json),
         *(map_passes(maps) if maps else []),
     ]

@@ -2,7 +2,8 @@
 
 ONNX Runtime runs every node of a graph whatever outputs are requested, so perturbation
 methods must not run the full graph (which holds the gradient branch):
-- `forward_only`: the nodes needed for `logits` (and any extra tensors asked for), nothing else;
+- `forward_only`: the nodes needed for `logits` (`output` in target mode; and any extra tensors
+  asked for), nothing else;
 - `keep_outputs`: the nodes needed for some of the model's outputs (`logits` and
   `gradient.input` for an optimisation over the input), with the inputs they read;
 - `tail`: the nodes from a target activation to `logits`. Tensors computed before the cut that
@@ -17,7 +18,12 @@ from collections.abc import Iterable, Sequence
 import onnx
 from onnx import helper
 
-from camrt.manifest import CLASS_IDX, LOGITS, activation_name
+from camrt.manifest import CLASS_IDX, LOGITS, OUTPUT, activation_name
+
+
+def head_output(model: onnx.ModelProto) -> str:
+    """The network's own output in a camrt graph: `logits`, or `output` in target mode."""
+    return OUTPUT if any(o.name == OUTPUT for o in model.graph.output) else LOGITS
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, int]:
@@ -63,7 +69,7 @@ def _build(model: onnx.ModelProto, node_ids: Iterable[int], inputs: Sequence[onn
 def forward_only(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()) -> onnx.ModelProto:
     """The nodes needed for `logits` and `extra_outputs`; the gradient branch is dropped."""
     g = model.graph
-    wanted = [LOGITS, *extra_outputs]
+    wanted = [head_output(model), *extra_outputs]
     infos = _value_infos(model)
     missing = [t for t in wanted if t not in infos]
     if missing:
@@ -121,7 +127,8 @@ def tail(model: onnx.ModelProto, layer: str) -> tuple[onnx.ModelProto, list[str]
                 down.add(i)
                 todo += list(g.node[i].output)
     # ...that the logits need, plus the constants they read.
-    ids = down & _ancestors(g, [LOGITS], stop={act})
+    head = head_output(model)
+    ids = down & _ancestors(g, [head], stop={act})
     produced = {t for i in ids for t in g.node[i].output}
     init_names = {t.name for t in g.initializer}
     for i in list(ids):
@@ -137,4 +144,4 @@ def tail(model: onnx.ModelProto, layer: str) -> tuple[onnx.ModelProto, list[str]
                 boundary.append(t)
     infos = _value_infos(model)
     inputs = [infos[act], *(infos[t] for t in boundary)]
-    return _build(model, ids, inputs, [infos[LOGITS]], f"{g.name}_tail_{layer}"), boundary
+    return _build(model, ids, inputs, [infos[head]], f"{g.name}_tail_{layer}"), boundary

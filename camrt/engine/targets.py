@@ -1,0 +1,201 @@
+"""Targets: what to explain of a model output, for models exported in target mode (issue 12).
+
+A camrt graph computes a vector-Jacobian product: in target mode (`camrt export --target`) the
+vector is the graph input ``target``, of the explained output's shape per image, and the graph
+gives ``score[n] = Σ target[n] ⊙ output[n]`` and ``gradient.L = ∂ score / ∂ activation.L``. A
+target builder turns what a user means ("class 3", "class 3 inside this mask", "how similar is
+this embedding to that concept") into that vector, as pytorch-grad-cam's targets are callables in
+eager PyTorch; the engine checks it against the model's output shape. Each builder has
+
+- ``vector(output)``: the vector ``(N, *shape)`` for the images whose output (from a forward run)
+  is `output`; builders whose vector does not depend on the output say ``needs_output = False``
+  and get None, so the engine runs the graph once;
+- ``score(output, vector)``: the scalar explained, per image, for any output, used by the
+  perturbation methods to judge their copies (the same number the graph's ``score`` gives at the
+  image itself). For a linear target it is ``Σ vector ⊙ output``; for the cosine similarity it is
+  the similarity itself, whose gradient at the image is the vector.
+
+Builders:
+
+- `ClassTarget(k)`: class k's score; on an N×K×H×W output the sum of its logits over every pixel.
+- `RegionTarget(k, mask)`: class k's logits summed inside a mask (pytorch-grad-cam's
+  ``SemanticSegmentationTarget``: ``(output[k] * mask).sum()``), or with ``mask=None`` inside the
+  region the model predicts as k (argmax over classes), read from the forward run.
+- `SimilarityTarget(concept)`: the cosine similarity of an N×D embedding to a concept vector
+  (``SimilarityToConceptTarget`` of pytorch-grad-cam's embeddings tutorial); its vector is the similarity's gradient
+  ``c/(|e||c|) − (e·c) e/(|e|³|c|)`` at the image's embedding e.
+- a numpy array: the vector itself, one for all images or one per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from camrt.errors import InputError
+
+
+class Target:
+    """Base of the target builders (module docstring)."""
+
+    needs_output: bool = False
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        """InputError when the target cannot apply to an output of `shape` per image (before any run)."""
+
+    def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
+        """The vector ``(n, *shape)`` of the VJP for `n` images with model output `output`."""
+        raise NotImplementedError
+
+    def score(self, output: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """The explained scalar of each row of `output` (``(k, *shape)``); `vector` is the image's."""
+        return (output.reshape(len(output), -1).astype(np.float64)
+                * vector.reshape(1, -1).astype(np.float64)).sum(axis=1)
+
+
+def _class(k: object, shape: tuple[int, ...]) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InputError(f"a target class must be an integer, got {k!r}")
+    if not 0 <= int(k) < shape[0]:
+        raise InputError(f"target class {int(k)} is out of range: the output has {shape[0]} channels "
+                         f"(0..{shape[0] - 1})")
+    return int(k)
+
+
+@dataclass(frozen=True)
+class ClassTarget(Target):
+    """Class `k`'s score: ``output[k]`` (summed over every pixel of a dense output)."""
+
+    k: int
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        _class(self.k, shape)
+
+    def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
+        v = np.zeros((n, *shape), np.float32)
+        v[:, _class(self.k, shape)] = 1.0
+        return v
+
+
+@dataclass(frozen=True)
+class RegionTarget(Target):
+    """Class `k`'s logits summed inside `mask` (H×W, bool or weights, the output's spatial size),
+    or inside the region predicted as `k` when `mask` is None."""
+
+    k: int
+    mask: np.ndarray | None = None
+
+    @property
+    def needs_output(self) -> bool:  # type: ignore[override]
+        return self.mask is None
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        self.vector(np.zeros((1, *shape), np.float32) if self.mask is None and len(shape) == 3 else None, shape, 1)
+
+    def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
+        if len(shape) != 3:
+            raise InputError(f"a region target needs a K×H×W output per image (segmentation); this model's "
+                             f"output is {'×'.join(map(str, shape))}")
+        k = _class(self.k, shape)
+        v = np.zeros((n, *shape), np.float32)
+        if self.mask is None:
+            if output is None:
+                raise InputError("a region target without a mask reads the predicted region from the output")
+            v[:, k] = output.argmax(axis=1) == k
+            return v
+        mask = np.asarray(self.mask)
+        if mask.shape != shape[1:]:
+            raise InputError(f"the mask is {'×'.join(map(str, mask.shape))} and the model's output is "
+                             f"{shape[1]}×{shape[2]}; give a mask of the output's size")
+        numeric = mask.dtype == bool or np.issubdtype(mask.dtype, np.number)
+        if not numeric or not np.isfinite(mask.astype(float)).all():
+            raise InputError("the mask must hold booleans or finite numbers")
+        v[:, k] = mask.astype(np.float32)
+        return v
+
+
+@dataclass(frozen=True)
+class SimilarityTarget(Target):
+    """The cosine similarity of the N×D output to `concept` (D values)."""
+
+    concept: np.ndarray
+    needs_output = True
+
+    def _concept(self, shape: tuple[int, ...]) -> np.ndarray:
+        c = np.asarray(self.concept, np.float64).reshape(-1)
+        if len(shape) != 1:
+            raise InputError(f"a similarity target needs an N×D output (an embedding); this model's output is "
+                             f"{'×'.join(map(str, shape))} per image")
+        if c.size != shape[0]:
+            raise InputError(f"the concept vector has {c.size} values and the embedding {shape[0]}; give one of "
+                             f"{shape[0]} values")
+        if not np.isfinite(c).all() or not np.any(c):
+            raise InputError("the concept vector must be finite and not all zero")
+        return c
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        self._concept(shape)
+
+    def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
+        c = self._concept(shape)
+        if output is None:
+            raise InputError("a similarity target reads the embedding from the output")
+        e = output.reshape(n, -1).astype(np.float64)
+        ne, nc = np.linalg.norm(e, axis=1, keepdims=True), np.linalg.norm(c)
+        ne = np.where(ne == 0, 1.0, ne)
+        return (c / (ne * nc) - (e @ c)[:, None] * e / (ne ** 3 * nc)).astype(np.float32)
+
+    def score(self, output: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        c = np.asarray(self.concept, np.float64).reshape(-1)
+        e = output.reshape(len(output), -1).astype(np.float64)
+        ne = np.linalg.norm(e, axis=1)
+        return (e @ c) / (np.where(ne == 0, 1.0, ne) * np.linalg.norm(c))
+
+
+@dataclass(frozen=True)
+class ArrayTarget(Target):
+    """A vector given as an array: ``shape`` (one for all images) or ``(n, *shape)``."""
+
+    array: np.ndarray
+
+    def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
+        a = np.asarray(self.array)
+        if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+            raise InputError("the target array must hold finite numbers")
+        if a.shape == shape:
+            return np.broadcast_to(a.astype(np.float32), (n, *shape)).copy()
+        if a.shape == (n, *shape):
+            return a.astype(np.float32)
+        raise InputError(f"the target has shape {a.shape}; the model's output is {shape} per image: give one of "
+                         f"that shape, or {n} of them ({(n, *shape)})")
+
+
+def target_for(shape: tuple[int, ...], target_class: int | None = None, mask: np.ndarray | None = None,
+               concept: np.ndarray | None = None) -> Target:
+    """The target the command line's options mean for an output of `shape` per image: `concept`,
+    the cosine similarity to it; `mask`, class `target_class` inside it; `target_class` alone, the
+    class's predicted region on a K×H×W output, else the class's score. Checked against `shape`."""
+    if concept is not None:
+        if target_class is not None or mask is not None:
+            raise InputError("--concept explains an embedding's similarity; it takes no --target-class or --mask")
+        built: Target = SimilarityTarget(np.asarray(concept))
+    elif target_class is None:
+        raise InputError("this model was exported in target mode: say what to explain with --target-class K "
+                         "(and --mask FILE for a region) or --concept FILE")
+    elif mask is not None:
+        built = RegionTarget(target_class, mask)
+    else:
+        built = RegionTarget(target_class) if len(shape) == 3 else ClassTarget(target_class)
+    built.check(shape)
+    return built
+
+
+def as_target(target: Target | np.ndarray | object) -> Target:
+    """`target` as a builder: builders as they are, arrays wrapped (`ArrayTarget`)."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, np.ndarray) or isinstance(target, (list, tuple)):
+        return ArrayTarget(np.asarray(target))
+    raise InputError(f"target must be a camrt.engine.targets builder (ClassTarget, RegionTarget, SimilarityTarget) "
+                     f"or an array of the output's shape, got {type(target).__name__}")
