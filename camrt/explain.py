@@ -13,11 +13,11 @@ import numpy as np
 from camrt import checks
 from camrt.atomic import atomic_write
 from camrt.engine import Engine
-from camrt.engine.targets import Target, target_for
+from camrt.engine.targets import RegionTarget, Target, target_for
 from camrt.errors import CamrtError, InputError
-from camrt.manifest import LOGITS, SCORE
+from camrt.manifest import LOGITS, SCORE, TARGET
 from camrt.methods import METHODS, softmax
-from camrt.visual.overlay import IMAGE_SUFFIXES, grid, overlay, read_image, write_image
+from camrt.visual.overlay import IMAGE_SUFFIXES, grid, outline, overlay, read_image, write_image
 
 
 def served_methods() -> list[str]:
@@ -311,6 +311,8 @@ def explain_files(
                 continue
             report.seconds[name] = r.timings["method"] + r.timings["inference"] - p.seconds
             tile = overlay(image, r.saliency[0], colormap=colormap, alpha=alpha)
+            if isinstance(p.target, RegionTarget):  # segmentation: the region explained, outlined
+                tile = outline(tile, p.outputs[TARGET][0][p.target.k])
             write(report, out / f"{stem}.{name}.png", write_image, tile)
             if save_npy:
                 write(report, out / f"{stem}.{name}.npy", _save_npy, r.saliency[0])

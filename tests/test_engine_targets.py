@@ -348,6 +348,14 @@ def test_cli_explains_a_region_and_a_predicted_region(cli_files, tmp_path) -> No
              "-m", "gradcam,ablationcam", "-o", tmp_path / "a")
     assert r.exit_code == 0, r.output
     assert "img.png: score " in r.output and (tmp_path / "a" / "img.grid.png").is_file()
+    from camrt.visual.overlay import read_image
+
+    plain = _cli("explain", d / "seg.cam.onnx", d / "img.png", "--target-class", 2, "--mask", d / "mask.png",
+                 "-o", tmp_path / "c", "--alpha", "0.5")
+    assert plain.exit_code == 0
+    tile, _ = read_image(tmp_path / "c" / "img.gradcam.png")
+    # the region's outline is drawn in white over the overlay: pure white pixels along its boundary
+    assert (tile == 255).all(axis=2).sum() > 20
     r = _cli("explain", d / "seg.cam.onnx", d / "img.png", "--target-class", 0, "-o", tmp_path / "b")
     assert r.exit_code == 0, r.output
 

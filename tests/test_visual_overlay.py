@@ -326,3 +326,17 @@ def test_write_image_over_a_folder_is_an_error_with_its_cause(tmp_path) -> None:
     with pytest.raises(InputError, match="cannot write '.*taken.png': Is a directory"):
         write_image(tmp_path / "taken.png", random_rgb(2, 2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.png"]
+
+
+def test_outline_draws_the_region_boundary_only() -> None:
+    from camrt.visual.overlay import outline
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    region = np.zeros((20, 30), bool)
+    region[5:15, 10:20] = True  # rows 10..29, columns 20..39 once resized to the image
+    out = outline(image, region)
+    white = (out == 255).all(axis=2)
+    assert white[10, 20:40].all() and white[29, 20:40].all() and white[10:30, 20].all() and white[10:30, 39].all()
+    assert not white[12:28, 22:38].any() and not white[:8].any() and image.max() == 0  # input untouched
+    with pytest.raises(InputError, match="h×w array"):
+        outline(image, np.zeros((2, 2, 2)))

@@ -76,6 +76,19 @@ def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alph
     return _blend(image, saliency, colormap, alpha, bgr)[0]
 
 
+def outline(image: np.ndarray, region: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """`image` (H×W×3 uint8) with the boundary of `region` (h×w, non-zero inside; any size, resized
+    to the image by nearest neighbour) drawn over it: the segmentation region a map explains."""
+    if region.ndim != 2:
+        raise InputError(f"a region is an h×w array, got shape {region.shape}")
+    h, w = image.shape[:2]
+    inside = cv2.resize((np.asarray(region) != 0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.ascontiguousarray(image).copy()
+    cv2.drawContours(out, contours, -1, colour, max(1, round(min(h, w) / 200)), cv2.LINE_8)
+    return out
+
+
 def render(frame: np.ndarray, saliency: np.ndarray, text: str | None = None, colormap: str = "jet",
            alpha: float = 0.5, panel: bool = False) -> np.ndarray:
     """A BGR video frame with the colour-mapped `saliency` blended in (`overlay` with `bgr=True`),
