@@ -302,3 +302,36 @@ def test_depthwise_convolutions_after_target_match_eager(tmp_path) -> None:
             assert np.abs(ref[name]).max() > 0
             assert_close(name, got[name], ref[name])
         assert np.all(ref["gradient.input"][..., -1] != 0)  # the unread column is in the stem's receptive field
+
+
+class DilatedNet(nn.Module):
+    """DeepLab's pattern after the target: parallel dense 3×3 convolutions of several dilations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.branches = nn.ModuleList(nn.Conv2d(8, 4, 3, padding=d, dilation=d) for d in (2, 3, 5))
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        y = torch.cat([torch.relu(b(s)) for b in self.branches], dim=1)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def test_dilated_convolutions_backward_as_convolutions(tmp_path) -> None:
+    """The default form writes a dilated convolution's input gradient as a Conv (ONNX Runtime's CPU
+    ConvTranspose has no fast path for dilation), not a ConvTranspose; gradients against eager
+    float64 on a fresh input."""
+    torch.manual_seed(0)
+    model = DilatedNet().eval()
+    path = str(tmp_path / "d.onnx")
+    camrt.export(model, layers=["stem"], path=path, input_shape=(1, 3, 19, 17))
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert "ConvTranspose" not in ops and ops.count("Conv") == 1 + 3 + 3
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).normal(size=(3, 3, 19, 17)).astype(np.float32)
+    cls = np.array([-1, 2, 4])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x, "class_idx": cls}), strict=True))
+    ref = eager_cam_outputs(model, x, cls, ["stem"])
+    assert_close("gradient.stem", got["gradient.stem"], ref["gradient.stem"])

@@ -301,8 +301,9 @@ class Engine:
         else:
             out = first
         out[TARGET] = vector
-        out[SCORE] = np.asarray([built.score(out[OUTPUT][n:n + 1], vector[n])[0] for n in range(len(x))],
-                                np.float32)
+        if not (gradient and built.linear):  # else the graph's `score` is the target's own
+            out[SCORE] = np.asarray([built.score(out[OUTPUT][n:n + 1], vector[n])[0] for n in range(len(x))],
+                                    np.float32)
         bad = nonfinite_images(*(v for v in out.values() if v.dtype.kind == "f"))
         if bad:
             raise InputError(f"the model's outputs hold NaN or infinite values for {images_text(bad)}: its float32 "

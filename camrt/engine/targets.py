@@ -40,6 +40,7 @@ class Target:
     """Base of the target builders (module docstring)."""
 
     needs_output: bool = False
+    linear: bool = True  # score(output) = Σ vector ⊙ output: the graph's own `score` is the target's
 
     def check(self, shape: tuple[int, ...]) -> None:
         """InputError when the target cannot apply to an output of `shape` per image (before any run)."""
@@ -121,6 +122,7 @@ class SimilarityTarget(Target):
 
     concept: np.ndarray
     needs_output = True
+    linear = False
 
     def _concept(self, shape: tuple[int, ...]) -> np.ndarray:
         c = np.asarray(self.concept, np.float64).reshape(-1)

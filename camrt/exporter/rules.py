@@ -26,7 +26,7 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 aten = torch.ops.aten
 
 # How convolution_backward writes an input gradient: "auto" (the default) as a convolution for
-# depthwise convolutions and as a transposed convolution otherwise, "conv" always as a
+# depthwise and dilated convolutions and as a transposed convolution otherwise, "conv" always as a
 # convolution, "transpose" always as a transposed convolution (camrt's only form until the
 # depthwise one was added; kept so that the two can be timed on a GPU).
 CONV_BACKWARD_FORMS = ("auto", "conv", "transpose")
@@ -175,7 +175,11 @@ def convolution_backward(
       in cuDNN and TensorRT (older TensorRT versions, Jetson), while the depthwise convolution
       is the forward op of every MobileNet and EfficientNet and has tuned kernels in both. The
       GPU timing of the two forms has NOT been measured yet (no GPU in the session that wrote
-      this); the "transpose" form is kept so they can be compared;
+      this); the "transpose" form is kept so they can be compared. Also the default for a
+      dilated convolution (any dilation > 1): ONNX Runtime's CPU ConvTranspose has no fast path
+      for dilation, and the backward of DeepLabV3's three dilated ASPP convolutions (rates 12,
+      24, 36; 4×256×256 input) took 155 ms as ConvTranspose against about 15 ms as Conv
+      (tools/bench_segmentation.py, docs/benchmarks.md);
     - as a transposed convolution (ConvTranspose; the default for every other convolution,
       where the grouped-deconvolution concern does not apply or the flipped form would itself
       be a grouped convolution of another shape).
@@ -191,7 +195,7 @@ def convolution_backward(
         raise ValueError(f"form must be one of {CONV_BACKWARD_FORMS}, not {form!r}")
     spatial = _static(input.shape[2:])
     n = len(spatial)
-    if form == "conv" or (form == "auto" and is_depthwise(weight, groups)):
+    if form == "conv" or (form == "auto" and (is_depthwise(weight, groups) or any(int(d) > 1 for d in dilation))):
         flipped = _constant(functools.partial(_conv_weight_of_transposed, groups=groups), weight)
         grad_input = _transposed_as_conv(grad_output, flipped, list(stride), list(dilation), groups,
                                          list(padding), spatial)

@@ -21,6 +21,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, first_line
 from camrt.exporter.fx_passes import simplify
+from camrt.exporter.interpolate import SeparableResize
 from camrt.exporter.rules import backward_decompositions
 from camrt.manifest import Layer
 
@@ -269,7 +270,8 @@ def trace(
     example = traceable_example(example)
     cls = second_input(example, target_shape)
     try:
-        with frozen_eval(model), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        with frozen_eval(model), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH), \
+                SeparableResize():
             gm = make_fx(
                 f, tracing_mode="symbolic", _allow_non_fake_inputs=True,
                 decomposition_table=backward_decompositions(),
