@@ -343,6 +343,9 @@ def methods() -> None:
               help="Target mode: the class to explain (its predicted region on a segmentation output).")
 @click.option("--mask", "mask_file", type=click.Path(),
               help="Target mode: explain --target-class inside this region (image or .npy of the output's size).")
+@click.option("--box", metavar="X0,Y0,X1,Y1",
+              help="Target mode: explain the detection of --target-class at this box (image pixels) of a raw "
+                   "detection head (N×A×(4+K): boxes then class scores per anchor).")
 @click.option("--concept", "concept_file", type=click.Path(),
               help="Target mode: explain the embedding's cosine similarity to this vector (.npy or text).")
 @click.option("--layer", "layer_names", multiple=True, help="Target layer; repeat to fuse several (default: last).")
@@ -359,7 +362,7 @@ def methods() -> None:
               help="Copies per network run for perturbation methods (memory grows with it).")
 @friendly
 def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, class_idx: int | None,
-            target_class: int | None, mask_file: str | None, concept_file: str | None,
+            target_class: int | None, mask_file: str | None, box: str | None, concept_file: str | None,
             layer_names: tuple[str, ...], colormap: str, alpha: float, save_npy: bool, topk: int, device: str,
             precision: str, seed: int, option_items: tuple[str, ...], chunk_size: int) -> None:
     """Explain IMAGES (files or directories) with MODEL and write overlays to --out."""
@@ -369,7 +372,7 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
     options = parse_options(option_items)
     engine = Engine(model, device=device, chunk_size=chunk_size, precision=_precision(precision))
     layer = None if not layer_names else layer_names[0] if len(layer_names) == 1 else list(layer_names)
-    target = read_target(engine, target_class, mask_file, concept_file)
+    target = read_target(engine, target_class, mask_file, concept_file, box)
     click.echo(f"{Path(model).name}: provider {engine.provider}")
     failed = 0
 

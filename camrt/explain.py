@@ -13,7 +13,7 @@ import numpy as np
 from camrt import checks
 from camrt.atomic import atomic_write
 from camrt.engine import Engine
-from camrt.engine.targets import RegionTarget, Target, target_for
+from camrt.engine.targets import BoxTarget, RegionTarget, Target, box_region, target_for
 from camrt.errors import CamrtError, InputError
 from camrt.manifest import LOGITS, SCORE, TARGET
 from camrt.methods import METHODS, softmax
@@ -175,13 +175,22 @@ def _output_folder(out: Path, paths: Sequence[Path], names: Sequence[str], metho
 
 
 def read_target(engine: Engine, target_class: int | None = None, mask_file: str | os.PathLike | None = None,
-                concept_file: str | os.PathLike | None = None) -> Target | None:
+                concept_file: str | os.PathLike | None = None, box: str | None = None) -> Target | None:
     """The target the command line's --target-class, --mask and --concept give for `engine`'s model
     (None when none is given: `explain_files` then says what a target-mode model needs). A mask is
     an image whose non-zero pixels are the region, or a .npy array, of the model output's size; a
-    concept is a .npy vector or a text file of numbers."""
-    if target_class is None and mask_file is None and concept_file is None:
+    concept is a .npy vector or a text file of numbers; a box is "x0,y0,x1,y1" in each image's own
+    pixels (`explain_files` scales it to the model's input per image)."""
+    if target_class is None and mask_file is None and concept_file is None and box is None:
         return None
+    corners = None
+    if box is not None:
+        try:
+            corners = tuple(float(v) for v in box.split(","))
+        except ValueError:
+            corners = ()
+        if len(corners) != 4:
+            raise InputError(f"--box takes x0,y0,x1,y1 (four numbers in the image's pixels), got '{box}'")
     mask = concept = None
     if mask_file is not None:
         path = Path(mask_file)
@@ -202,7 +211,7 @@ def read_target(engine: Engine, target_class: int | None = None, mask_file: str 
     if not engine.manifest.targeted:
         raise InputError(f"'{engine.path.name}' was exported for classes; --target-class, --mask and --concept are "
                          "for models exported with `camrt export --target` (use --class-idx)")
-    return target_for(tuple(engine.manifest.target_shape), target_class, mask, concept)
+    return target_for(tuple(engine.manifest.target_shape), target_class, mask, concept, corners)
 
 
 def _load_npy(path: Path, option: str) -> np.ndarray:
@@ -286,7 +295,9 @@ def explain_files(
         report = ImageReport(path, stem)
         try:
             image, report.note = read_image(path)
-            p = engine.forward([image], class_idx, target=target)
+            # a box is given in the image's pixels: in the model input's for the run
+            own = target.scaled(image.shape[:2], engine.input_size) if isinstance(target, BoxTarget) else target
+            p = engine.forward([image], class_idx, target=own)
         except CamrtError as e:
             report.error = str(e)
             report.failed = True
@@ -313,6 +324,8 @@ def explain_files(
             tile = overlay(image, r.saliency[0], colormap=colormap, alpha=alpha)
             if isinstance(p.target, RegionTarget):  # segmentation: the region explained, outlined
                 tile = outline(tile, p.outputs[TARGET][0][p.target.k])
+            elif isinstance(p.target, BoxTarget):  # detection: the box explained, drawn
+                tile = outline(tile, box_region(p.target.box, engine.input_size))
             write(report, out / f"{stem}.{name}.png", write_image, tile)
             if save_npy:
                 write(report, out / f"{stem}.{name}.npy", _save_npy, r.saliency[0])

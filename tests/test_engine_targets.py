@@ -374,3 +374,32 @@ def test_cli_bad_targets_are_one_line(cli_files, tmp_path, args, fragment) -> No
     full = [d / a if isinstance(a, str) and a.endswith((".png", ".npy")) else a for a in args]
     r = _cli("explain", d / "seg.cam.onnx", d / "img.png", *full, "-o", tmp_path / "x")
     assert_one_line_error(r, fragment)
+
+
+def test_box_target_picks_the_anchors_that_overlap() -> None:
+    from camrt.engine.targets import BoxTarget, box_iou, box_region
+
+    # three anchors, K = 2: boxes (cx, cy, w, h) then two class scores
+    out = np.array([[[20, 20, 10, 10, 0.1, 0.2], [22, 21, 10, 12, 0.3, 0.4], [60, 60, 10, 10, 0.5, 0.6]]], np.float32)
+    t = BoxTarget((15, 15, 25, 25), 1)
+    t.check((3, 6))
+    v = t.vector(out, (3, 6), 1)
+    np.testing.assert_array_equal(v[0, :, 5], [1, 1, 0])
+    assert v[0, :, :5].sum() == 0
+    assert np.isclose(t.score(out, v[0])[0], 0.2 + 0.4)
+    assert np.isclose(box_iou(np.array([[0, 0, 2, 2]], float), np.array([1, 1, 3, 3], float))[0], 1 / 7)
+    assert box_region((1, 2, 3, 5), (6, 6)).sum() == 6
+    with pytest.raises(InputError, match="no anchor's box overlaps the given box with IoU ≥ 0.5 in image 0"):
+        BoxTarget((40, 0, 50, 10), 0).vector(out, (3, 6), 1)
+    with pytest.raises(InputError, match="lies outside the 30×20 image"):
+        BoxTarget((15, 15, 35, 25), 0, within=(20, 30)).check((3, 6))
+    with pytest.raises(InputError, match="x0 < x1 and y0 < y1"):
+        BoxTarget((5, 5, 5, 9), 0).check((3, 6))
+    with pytest.raises(InputError, match="needs an N×A×\\(4\\+K\\) detection output"):
+        BoxTarget((1, 1, 2, 2), 0).check((3, 4, 5))
+    with pytest.raises(InputError, match="target class 2 is out of range"):
+        BoxTarget((1, 1, 2, 2), 2).check((3, 6))
+    scaled = BoxTarget((10, 20, 30, 40), 0).scaled((100, 50), (200, 200))
+    assert scaled.box == (40.0, 40.0, 120.0, 80.0) and scaled.within == (200, 200)
+    with pytest.raises(InputError, match="outside the 50×100 image"):
+        BoxTarget((10, 20, 60, 40), 0).scaled((100, 50), (200, 200))

@@ -24,6 +24,11 @@ Builders:
 - `SimilarityTarget(concept)`: the cosine similarity of an N×D embedding to a concept vector
   (``SimilarityToConceptTarget`` of pytorch-grad-cam's embeddings tutorial); its vector is the similarity's gradient
   ``c/(|e||c|) − (e·c) e/(|e|³|c|)`` at the image's embedding e.
+- `BoxTarget(box, k)`: one detection of a raw single-stage head before non-maximum suppression
+  (YOLO's, or models/shapes_detector.py's), an N×A×(4 + K) output whose rows are a decoded box
+  ``(cx, cy, w, h)`` in input pixels then K class scores: class k's score summed over the anchors
+  (cells) whose decoded box overlaps `box` (x0, y0, x1, y1 in input pixels) with IoU ≥ `iou`
+  (0.5), read from the forward run; no such anchor is an error.
 - a numpy array: the vector itself, one for all images or one per image.
 """
 
@@ -155,6 +160,75 @@ class SimilarityTarget(Target):
         return (e @ c) / (np.where(ne == 0, 1.0, ne) * np.linalg.norm(c))
 
 
+def _corners(cxcywh: np.ndarray) -> np.ndarray:
+    return np.concatenate([cxcywh[..., :2] - cxcywh[..., 2:4] / 2, cxcywh[..., :2] + cxcywh[..., 2:4] / 2], axis=-1)
+
+
+def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of each of `boxes` (…, 4) with `box` (4,), all x0, y0, x1, y1."""
+    lo = np.maximum(boxes[..., :2], box[:2])
+    hi = np.minimum(boxes[..., 2:], box[2:])
+    inter = np.clip(hi - lo, 0, None).prod(-1)
+    union = np.clip(boxes[..., 2:] - boxes[..., :2], 0, None).prod(-1) + np.prod(box[2:] - box[:2]) - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+@dataclass(frozen=True)
+class BoxTarget(Target):
+    """Class `k` at the anchors whose decoded box overlaps `box` with IoU ≥ `iou` (module
+    docstring). `within`: the input's (H, W), to refuse a box outside it."""
+
+    box: tuple[float, float, float, float]
+    k: int
+    iou: float = 0.5
+    within: tuple[int, int] | None = None
+    needs_output = True
+
+    def _box(self) -> np.ndarray:
+        b = np.asarray(self.box, np.float64).reshape(-1)
+        if b.size != 4 or not np.isfinite(b).all() or b[2] <= b[0] or b[3] <= b[1]:
+            raise InputError(f"a box is x0,y0,x1,y1 with x0 < x1 and y0 < y1, got {self.box!r}")
+        if self.within is not None:
+            h, w = self.within
+            if b[0] < 0 or b[1] < 0 or b[2] > w or b[3] > h:
+                raise InputError(f"the box {','.join(f'{v:g}' for v in b)} lies outside the {w}×{h} image")
+        return b
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2 or shape[1] <= 4:
+            raise InputError(f"a box target needs an N×A×(4+K) detection output (boxes then class scores per "
+                             f"anchor); this model's output is {'×'.join(map(str, shape))} per image")
+        _class(self.k, (shape[1] - 4,))
+        if not 0 < float(self.iou) <= 1:
+            raise InputError(f"the IoU threshold must be in (0, 1], got {self.iou!r}")
+        self._box()
+
+    def scaled(self, image_hw: tuple[int, int], input_hw: tuple[int, int]) -> BoxTarget:
+        """This box given in an image's pixels (checked inside it), in the model input's pixels."""
+        BoxTarget(self.box, self.k, self.iou, image_hw)._box()
+        sy, sx = input_hw[0] / image_hw[0], input_hw[1] / image_hw[1]
+        x0, y0, x1, y1 = (float(v) for v in self.box)
+        return BoxTarget((x0 * sx, y0 * sy, x1 * sx, y1 * sy), self.k, self.iou, input_hw)
+
+    def anchors(self, output: np.ndarray) -> np.ndarray:
+        """N × A booleans: the anchors of each image whose decoded box overlaps the box enough."""
+        return box_iou(_corners(output[..., :4].astype(np.float64)), self._box()) >= float(self.iou)
+
+    def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
+        self.check(shape)
+        if output is None:
+            raise InputError("a box target reads the decoded boxes from the output")
+        chosen = self.anchors(output)
+        empty = [i for i in range(n) if not chosen[i].any()]
+        if empty:
+            best = box_iou(_corners(output[empty[0], :, :4].astype(np.float64)), self._box()).max()
+            raise InputError(f"no anchor's box overlaps the given box with IoU ≥ {self.iou:g} in image {empty[0]} "
+                             f"(the best overlaps {best:.2f}); give the box of a detection, or a lower IoU")
+        v = np.zeros((n, *shape), np.float32)
+        v[:, :, 4 + int(self.k)] = chosen
+        return v
+
+
 @dataclass(frozen=True)
 class ArrayTarget(Target):
     """A vector given as an array: ``shape`` (one for all images) or ``(n, *shape)``."""
@@ -173,18 +247,32 @@ class ArrayTarget(Target):
                          f"that shape, or {n} of them ({(n, *shape)})")
 
 
+def box_region(box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """The pixels of `box` (x0, y0, x1, y1) on an H×W grid, to draw it (`camrt.visual.overlay.outline`)."""
+    region = np.zeros(size, bool)
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    region[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    return region
+
+
 def target_for(shape: tuple[int, ...], target_class: int | None = None, mask: np.ndarray | None = None,
-               concept: np.ndarray | None = None) -> Target:
+               concept: np.ndarray | None = None, box: tuple[float, float, float, float] | None = None) -> Target:
     """The target the command line's options mean for an output of `shape` per image: `concept`,
-    the cosine similarity to it; `mask`, class `target_class` inside it; `target_class` alone, the
-    class's predicted region on a K×H×W output, else the class's score. Checked against `shape`."""
+    the cosine similarity to it; `mask`, class `target_class` inside it; `box`, the detection of
+    class `target_class` there; `target_class` alone, the class's predicted region on a K×H×W
+    output, else the class's score. Checked against `shape`."""
     if concept is not None:
-        if target_class is not None or mask is not None:
-            raise InputError("--concept explains an embedding's similarity; it takes no --target-class or --mask")
+        if target_class is not None or mask is not None or box is not None:
+            raise InputError("--concept explains an embedding's similarity; it takes no --target-class, --mask "
+                             "or --box")
         built: Target = SimilarityTarget(np.asarray(concept))
     elif target_class is None:
         raise InputError("this model was exported in target mode: say what to explain with --target-class K "
-                         "(and --mask FILE for a region) or --concept FILE")
+                         "(and --mask FILE for a region, --box x0,y0,x1,y1 for a detection) or --concept FILE")
+    elif box is not None:
+        if mask is not None:
+            raise InputError("give --mask (a region) or --box (a detection), not both")
+        built = BoxTarget(tuple(box), target_class)
     elif mask is not None:
         built = RegionTarget(target_class, mask)
     else:
