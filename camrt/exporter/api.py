@@ -342,7 +342,9 @@ def export(
     if labels is not None:
         if isinstance(labels, str) or not all(isinstance(la, str) for la in labels):
             raise InputError("labels must be a sequence of class names (strings), one per class")
-        if len(labels) != num_classes:
+        # In target mode the class axis depends on the output (K of N×K×H×W, the last of a detector's
+        # N×A×(4+K)): the names are stored as given.
+        if not target and len(labels) != num_classes:
             raise InputError(f"{len(labels)} labels given for {num_classes} classes (the model's output has "
                              f"{num_classes} scores); give one name per class, in class order")
 
