@@ -102,6 +102,26 @@ def test_sscam_matches_brute_force_eager(stride_net, noise: str) -> None:
         np.testing.assert_allclose(r.low_res[i], weighted(total / n, a), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("graphs", [False, True])
+def test_abscam_final_matches_brute_force_eager(stride_net, graphs: bool) -> None:
+    """camrt's reading of Abs-CAM's second phase: ReLU(Σ_k softmax(s)_k w_k A_k), s_k the class
+    logit of x ⊙ norm(up(A_k)), w_k the mean absolute gradient of channel k (eager autograd)."""
+    model, path = stride_net
+    r = Engine(path, device="cpu", chunk_size=5, chunk_graphs=graphs).explain(X, "abscam-final", class_idx=CLASSES)
+    x = torch.from_numpy(X).requires_grad_(False)
+    a = model.block(torch.relu(model.stem(x))).detach().requires_grad_(True)
+    z = model.fc(torch.relu(model.head(a)).mean((2, 3)))
+    (g,) = torch.autograd.grad(z[torch.arange(2), torch.tensor(CLASSES)].sum(), a)
+    for i, cls in enumerate(CLASSES):
+        s = class_scores(model, x[i][None] * norm_up(a[i].detach())[:, None], cls, probability=False)
+        w = g[i].abs().mean((1, 2)).double()
+        expected = torch.relu(torch.einsum("c,chw->hw", s.softmax(0) * w, a[i].detach().double())).numpy()
+        assert np.ptp(expected) > 0
+        np.testing.assert_allclose(r.low_res[i], expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    plain = Engine(path, device="cpu").explain(X, "scorecam", class_idx=CLASSES)
+    assert not np.allclose(plain.low_res, r.low_res)  # the gradient weights matter
+
+
 @pytest.mark.parametrize("cumulative", [False, True])
 def test_iscam_matches_brute_force_eager(stride_net, cumulative: bool) -> None:
     model, path = stride_net

@@ -78,7 +78,7 @@ def test_methods_table() -> None:
     assert list(METHODS) == ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                              "gradcam-elementwise", "abscam", "eigencam", "eigengradcam", "smoothgradcam++",
                              "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "vitreciprocam",
-                             "scorecam", "sscam", "iscam", "groupcam", "rise", "opticam"]
+                             "scorecam", "abscam-final", "sscam", "iscam", "groupcam", "rise", "opticam"]
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name
         assert method.paper.startswith("https://") and "\n" not in method.description

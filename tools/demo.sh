@@ -2,7 +2,7 @@
 # The main job on a real model: export the pretrained EfficientNet-Lite0 with its class-score
 # gradient and Grad-CAM/LayerCAM map heads, read predictions, gradients and maps with plain
 # onnxruntime, then explain two real photos with every gradient method (overlays in
-# out/explained/) and four perturbation methods, and explain a video clip.
+# out/explained/) and five perturbation methods, and explain a video clip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-out}
@@ -14,7 +14,7 @@ camrt export "$out/efficientnet_lite0.pt" --arch models.efficientnet_lite0:build
     --labels "$out/imagenet_labels.txt" --maps gradcam,layercam -o "$out/efficientnet_lite0.cam.onnx"
 python tools/read_outputs.py "$out/efficientnet_lite0.cam.onnx"
 camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method all -o "$out/explained"
-camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method scorecam,ablationcam,reciprocam,groupcam \
+camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method scorecam,abscam-final,ablationcam,reciprocam,groupcam \
     -o "$out/perturbation"
 python tools/write_clip.py "$out/clip.mp4" --frames 100
 camrt video "$out/efficientnet_lite0.cam.onnx" "$out/clip.mp4" -o "$out/explained.mp4" --method gradcam --batch 4

@@ -35,6 +35,7 @@ from camrt.methods.contract import Explore, TailCopies
 from camrt.methods.feature import _KERNELS  # the one definition of Recipro-CAM's masks
 from camrt.methods.masking import (
     _constant_channels,  # the channels that share Score-CAM's zero mask
+    abscam_final,
     groupcam_explore,
     rise_explore,
 )
@@ -68,14 +69,17 @@ def _runs(total: int, chunk: int) -> Iterator[np.ndarray]:
     return (np.arange(start, min(start + chunk, total)) for start in range(0, total, chunk))
 
 
-def _scorecam_rows(ctx: Context, options: Options) -> Explore:
+def _scorecam_rows(ctx: Context, options: Options, abs_weights: bool = False) -> Explore:
     """`camrt.methods.masking.scorecam_explore` by rows: the non-constant channels `chunk` at a time,
-    then one constant channel alone (its normalised map is all zeros: the numpy path's zero input)."""
+    then one constant channel alone (its normalised map is all zeros: the numpy path's zero input).
+    With `abs_weights`, Abs-CAM's second phase on the same copies (`abscam_final_explore`)."""
     ctx.need("x")
     constant = _constant_channels(ctx.activation)
     sources = np.flatnonzero(~constant)
     batches = [sources[part] for part in _runs(len(sources), ctx.chunk)]
     scores = yield from scores_of([*batches, *([np.flatnonzero(constant)[:1]] if constant.any() else [])])
+    if abs_weights:
+        return abscam_final(ctx.activation[None], ctx.need("gradient")[None], scores)
     return scorecam(ctx.activation[None], scores)
 
 
@@ -138,6 +142,8 @@ def _rise_graph(model: onnx.ModelProto, layer: str, options: Options, probabilit
 # map, the graph returns only scores): numpy.
 CHUNK_FORMS: dict[str, ChunkForm] = {
     "scorecam": ChunkForm(_scorecam_graph, CHANNELS, _scorecam_rows, default=lambda options: True),
+    "abscam-final": ChunkForm(_scorecam_graph, CHANNELS, partial(_scorecam_rows, abs_weights=True),
+                              default=lambda options: True),
     "ablationcam": ChunkForm(_ablation_graph, CHANNELS, _ablation_rows, default=lambda options: False),
     "reciprocam": ChunkForm(_reciprocam_graph, POSITIONS, _reciprocam_rows,
                             default=lambda options: options.kernel == "gaussian", key=lambda options: options.kernel),

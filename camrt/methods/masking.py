@@ -112,6 +112,47 @@ def scorecam_explore(ctx: Context, options: NoOptions | None = None) -> Explore:
     return scorecam(ctx.activation[None], scores)
 
 
+# Abs-CAM's second phase ---------------------------------------------------------------------------
+
+
+def abscam_final(activation: np.ndarray, gradient: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Abs-CAM's final map, camrt's reading of the second phase: the initial per-channel maps
+    scored through the model with the image, and recombined by those scores.
+
+    Abs-CAM (Zeng et al. 2022) has two phases; the first gives initial maps from absolute
+    gradients, ``M⁰_k = w_k A_k`` with ``w_k = (1/hw) Σ_ij |G_kij|`` (`camrt.methods.gradient.
+    abscam_channel_maps`), and the second "linearly combines the initial saliency map with the
+    original image" and scores the result (the abstract; the paper's full text was not reachable,
+    so this is camrt's reading, not the authors' definition). camrt combines each initial map with
+    the image as Score-CAM does, ``x ⊙ norm(up(M⁰_k))``, scores it by the class logit ``s_k``,
+    and weights the initial maps by the softmax of the scores:
+
+        L = ReLU(Σ_k softmax_k(s)_k · w_k A_k)
+
+    Since ``norm(up(w_k A_k)) = norm(up(A_k))`` for w_k > 0, the copies are Score-CAM's (a
+    channel with w_k = 0 keeps its Score-CAM score but adds nothing to L; the softmax's
+    normaliser, a constant factor, does not change the normalised saliency).
+
+    Paper: https://arxiv.org/abs/2207.03648
+
+    Args:
+        activation: ``(1, C, h, w)``; gradient: ``∂y_c/∂A``, the same shape.
+        scores: ``y_c(x ⊙ norm(up(A_k)))`` in the order of `scorecam_inputs`.
+
+    Returns:
+        Saliency map ``(1, h, w)`` after ReLU.
+    """
+    s = _spread(activation[0], np.asarray(scores, dtype=np.float64))
+    w = np.abs(gradient[0]).mean(axis=(1, 2)).astype(activation.dtype)
+    return _softmax_weighted(s, w[:, None, None] * activation[0])
+
+
+def abscam_final_explore(ctx: Context, options: NoOptions | None = None) -> Explore:
+    """Abs-CAM's second phase as a coroutine: Score-CAM's copies, then `abscam_final`."""
+    scores = yield from scores_of(scorecam_inputs(ctx.need("x"), ctx.activation, ctx.chunk))
+    return abscam_final(ctx.activation[None], ctx.need("gradient")[None], scores)
+
+
 # SS-CAM ------------------------------------------------------------------------------------------
 
 _NOISE = ("mask", "input")
@@ -407,6 +448,9 @@ METHODS = (
     Method("scorecam", "Softmax over channels of the class score of the input masked by each channel",
            "https://arxiv.org/abs/1910.01279", "input", explore=scorecam_explore, runs=scorecam_runs,
            uses_gradient=False),
+    Method("abscam-final", "Abs-CAM's initial maps scored with the image and recombined (camrt's reading of its "
+           "second phase)", "https://arxiv.org/abs/2207.03648", "input", explore=abscam_final_explore,
+           runs=scorecam_runs),
     Method("sscam", "Score-CAM with scores averaged over noisy masks", "https://arxiv.org/abs/2006.14255", "input",
            options=SSCAMOptions, explore=sscam_explore, runs=sscam_runs, uses_gradient=False),
     Method("iscam", "Score-CAM with scores integrated over masks scaled from 0 to 1",
