@@ -401,6 +401,28 @@ def explain(model: str, images: tuple[str, ...], method: str, out_dir: str, clas
         sys.exit(EXIT_USER_ERROR)
 
 
+@main.command("triton")
+@click.argument("model", type=click.Path())
+@click.option("--repository", required=True, type=click.Path(), help="The model repository folder to write into.")
+@click.option("--name", help="The model's name in the repository [default: MODEL's name before its first dot].")
+@click.option("--output", "outputs", multiple=True,
+              help="Keep only this output (repeat): Triton computes every output on every request.")
+@click.option("--max-batch-size", type=int, default=32, show_default=True)
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances per device.")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True)
+@click.option("--tensorrt", type=click.Choice(["fp16", "fp32"]),
+              help="Run through ONNX Runtime's TensorRT execution accelerator at this precision.")
+@friendly
+def triton_cmd(model: str, repository: str, name: str | None, outputs: tuple[str, ...], max_batch_size: int,
+               instances: int, kind: str, tensorrt: str | None) -> None:
+    """Write a Triton Inference Server model repository entry for MODEL (ONNX Runtime backend)."""
+    from camrt.triton import write_repository
+
+    folder = write_repository(model, repository, name, list(outputs) or None, max_batch_size, instances, kind,
+                              tensorrt)
+    click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")
+
+
 @main.command("eval")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())

@@ -23,7 +23,7 @@ import onnx
 from camrt.graph._util import PatternNotFound
 from camrt.graph.broadcast_weights import unexpand_matmul_weights
 from camrt.graph.chunks import ablationcam_chunks, groupcam_chunks, reciprocam_chunks, rise_chunks, scorecam_chunks
-from camrt.graph.class_idx import default_class_idx, guard_class_idx
+from camrt.graph.class_idx import default_class_idx, guard_class_idx, required_class_idx
 from camrt.graph.class_select import gather_selected_rows
 from camrt.graph.fp16 import cast_round_trips, fp16_passes, to_fp16
 from camrt.graph.layer_norm_stats import layer_norm_statistics
@@ -58,7 +58,8 @@ def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()
 
 
 __all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_only", "keep_outputs", "tail",
-           "default_class_idx", "guard_class_idx", "attach_manifest", "gather_selected_rows", "add_map_heads",
+           "default_class_idx", "guard_class_idx", "required_class_idx", "attach_manifest", "gather_selected_rows",
+           "add_map_heads",
            "check_maps", "map_passes", "scorecam_chunks", "ablationcam_chunks", "reciprocam_chunks", "to_fp16",
            "groupcam_chunks", "rise_chunks", "layer_norm_statistics",
            "fp16_passes", "cast_round_trips", "add_reciprocam_head", "without_gradients", "unexpand_matmul_weights"]

@@ -70,3 +70,15 @@ def default_class_idx(model: onnx.ModelProto) -> onnx.ModelProto:
     find_input(model.graph, CLASS_IDX)
     model.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), CLASS_IDX))
     return model
+
+
+def required_class_idx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make `class_idx` an ordinary input again (no default): what Triton's ONNX Runtime backend
+    needs of a model that batches (it refuses an input with an initializer of the same name). A
+    caller then feeds one class per image, -1 for the top-1. A model without the default (or in
+    target mode, without `class_idx`) is returned as a copy."""
+    model = copy(model)
+    kept = [t for t in model.graph.initializer if t.name != CLASS_IDX]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
