@@ -92,7 +92,9 @@ def opticam_explore(ctx: Context, options: OptiCAMOptions) -> Explore:
     ascent with Adam (β = 0.9, 0.999, ε = 1e-8, as torch.optim.Adam) from ``u = 0`` (uniform
     weights) for `steps` steps at learning rate `lr` (the paper: 100 steps, 0.1). The map is
     ``S(u*) = Σ_k softmax(u*)_k A_k`` at the last step (the caller upsamples and normalises it,
-    which gives ``M(u*)``). Each step is one run of the network on one masked input, with the
+    which gives ``M(u*)``). Where S has negative values (a target layer before its ReLU), the map
+    is ``S − min S``, non-negative as every camrt map is; its min-max normalised saliency, the
+    paper's ``M(u*)``, is the same. Each step is one run of the network on one masked input, with the
     gradient of the class logit with respect to that input.
 
     Paper: https://arxiv.org/abs/2301.07002
@@ -121,7 +123,7 @@ def opticam_explore(ctx: Context, options: OptiCAMOptions) -> Explore:
         denom = np.sqrt(m2) / np.sqrt(1 - beta2 ** t) + eps
         u = u - lr / (1 - beta1 ** t) * m1 / denom
     s, _ = opticam_mask(a, u, x.shape[1:])
-    return s[None].astype(activation.dtype)
+    return (s - min(float(s.min()), 0.0))[None].astype(activation.dtype)
 
 
 METHODS = (
