@@ -238,6 +238,8 @@ def _names(text: str | None) -> tuple[str, ...]:
               help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1}.")
 @click.option("--output-index", help="Which model output holds the class scores (or, with --target, the output to "
                                     "explain): an index, or the name of a dict output such as 'out'.")
+@click.option("--map-output", help="A model that computes its own attribution map (CALM, LFI-CAM): the index or name "
+                                  "of that output (N×K×h×w or N×h×w), served as the method model-map.")
 @click.option("--target", "targeted", is_flag=True,
               help="Target mode: explain an output of any shape (segmentation, embeddings) for a target given at "
                    "run time (camrt explain --target-class/--mask/--concept) instead of a class.")
@@ -256,7 +258,8 @@ def _names(text: str | None) -> tuple[str, ...]:
               help="How the target layers return their maps [default: told from each output].")
 @friendly
 def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
-               input_shape: str, opset: int, output_index: str | None, targeted: bool, mean: str | None,
+               input_shape: str, opset: int, output_index: str | None, map_output: str | None, targeted: bool,
+               mean: str | None,
                std: str | None, labels_file: str | None, input_gradient: bool, maps_text: str | None, fp16: bool,
                grid_text: str | None, prefix_tokens: int | None, layout: str | None) -> None:
     """Export MODEL to ONNX with logits, activations and class-score gradients."""
@@ -268,6 +271,7 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
         model, layers=layer_names, path=out, input_shape=_int_list(input_shape, "--input-shape", 4), arch=arch,
         trust_pickle=trust_pickle,
         output_index=_index_or_name(output_index), opset=opset, target=targeted,
+        map_output=_index_or_name(map_output),
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
         labels=_read_labels(labels_file), input_gradient=input_gradient, maps=_names(maps_text), fp16=fp16,
         grid=_grid(grid_text), prefix_tokens=prefix_tokens, layout=layout,

@@ -18,6 +18,8 @@ takes, instead of `class_idx`, the input `target` (N × `target_shape`, the shap
 model output per image) and has, instead of `logits` and `class_idx_used`, the outputs `output`
 (that model output) and `score` (N: Σ target ⊙ output per image); `gradient.L` = ∂ score[n] /
 ∂ activation.L[n].
+A model exported with `--map-output NAME` (the manifest's `model_map`) also has `model_map`, the
+model's own map output (N×K×h×w, one per class, or N×h×w), which the method `model-map` serves.
 `precision` says how the graph computes: "fp32", or "fp16" (`camrt.graph.fp16`: the forward pass
 in float16, the gradient branch and map heads in float32); inputs and outputs keep their types.
 
@@ -50,6 +52,9 @@ INPUT_GRADIENT = "gradient.input"  # N×C×H×W, like the input; only when Manif
 TARGET = "target"  # N × target_shape, float32
 OUTPUT = "output"  # the chosen model output, N × target_shape
 SCORE = "score"  # N: Σ target ⊙ output per image, the scalar whose gradient gradient.L is
+# A model that computes its own attribution map (CALM, LFI-CAM), exported with --map-output: that
+# output, N×K×h×w (one map per class) or N×h×w, as the model returns it; only when Manifest.model_map.
+MODEL_MAP = "model_map"
 
 
 def activation_name(layer: str) -> str:
@@ -134,6 +139,8 @@ class Manifest:
     # Target mode: the per-image shape of the output explained and of the input `target`; () for
     # the classification contract (class_idx, logits). Absent from older manifests.
     target_shape: tuple[int, ...] = ()
+    # The graph has the output MODEL_MAP (`camrt export --map-output`); absent from older manifests.
+    model_map: bool = False
 
     @property
     def targeted(self) -> bool:

@@ -78,19 +78,19 @@ def test_methods_table() -> None:
     assert list(METHODS) == ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                              "gradcam-elementwise", "abscam", "eigencam", "eigengradcam", "smoothgradcam++",
                              "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "vitreciprocam",
-                             "scorecam", "abscam-final", "sscam", "iscam", "groupcam", "rise", "opticam"]
+                             "scorecam", "abscam-final", "sscam", "iscam", "groupcam", "rise", "opticam", "model-map"]
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name
         assert method.paper.startswith("https://") and "\n" not in method.description
-        assert method.family in ("gradient", "sampled", "feature", "input")
+        assert method.family in ("gradient", "sampled", "feature", "input", "model")
         assert (method.samples is not None) == (method.family == "sampled")
-        assert (method.map is not None) == (method.family in ("gradient", "sampled"))
+        assert (method.map is not None) == (method.family in ("gradient", "sampled", "model"))
         assert (method.explore is not None and method.runs is not None) == method.perturbation
         assert method.perturbation == (method.family in ("feature", "input"))
         assert issubclass(method.options, Options) and method.configure({}) == method.options()
     assert [n for n, m in METHODS.items() if not m.uses_gradient] == [
         "eigencam", "ablationcam", "ablationcam++", "reciprocam", "vitreciprocam", "scorecam", "sscam", "iscam", "rise",
-        "opticam"]
+        "opticam", "model-map"]
     with pytest.raises(AttributeError):
         METHODS["gradcam"].name = "other"  # type: ignore[misc]
 

@@ -21,6 +21,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,24 @@ def positives(boxes: torch.Tensor) -> torch.Tensor:
     return (cells[None] - centre[:, None]).norm(dim=-1) <= 1.5
 
 
+def frozen_features(backbone: torch.nn.Module) -> Callable[[np.ndarray], torch.Tensor]:
+    """Load the trained shapes CNN's blocks 1-5 into `backbone`, freeze it (eval mode, no
+    gradients), and return the function that gives its features of uint8 images, 256 at a time."""
+    cnn = load_model()
+    backbone.load_state_dict({k: v for k, v in cnn.state_dict().items()
+                              if k.split(".")[0] in {f"block{i}" for i in range(1, 6)}})
+    backbone.eval()
+    for q in backbone.parameters():
+        q.requires_grad_(False)
+
+    def features(images: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([backbone(torch.from_numpy(preprocess(images[i:i + 256])))
+                              for i in range(0, len(images), 256)])
+
+    return features
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=4000)
@@ -64,19 +83,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    cnn = load_model()
     model = build()
-    model.backbone.load_state_dict({k: v for k, v in cnn.state_dict().items() if k.split(".")[0] in
-                                    {f"block{i}" for i in range(1, 6)}})
-    model.eval()
-    for q in model.backbone.parameters():
-        q.requires_grad_(False)
-
-    def features(images: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([model.backbone(torch.from_numpy(preprocess(images[i:i + 256])))
-                              for i in range(0, len(images), 256)])
-
+    features = frozen_features(model.backbone)
     images, labels, boxes, _ = generate(a.images, TRAIN_SEED0)
     feats, labels, boxes = features(images), torch.from_numpy(labels), torch.from_numpy(boxes).float()
     test_images, test_labels, test_boxes, _ = generate(500, HELD_OUT_SEED)

@@ -25,6 +25,7 @@ from camrt.manifest import (
     INPUT,
     LOGITS,
     METADATA_KEY,
+    MODEL_MAP,
     OUTPUT,
     SCORE,
     TARGET,
@@ -350,6 +351,8 @@ class Engine:
             outputs = [head, *[n for n in [saliency_name(spec.name)] if n in self._outputs]]
             read = [*outputs, *([self.manifest.layer(layers[0]).gradient] if spec.name == "cam" else [])]
             heads = [] if spec.uses_gradient else outputs  # a gradient-free head (Recipro-CAM): no gradient branch
+        if spec.family == "model":  # the model's own map: a forward pass that also returns it
+            heads = [MODEL_MAP]
         if self.manifest.targeted and spec.input_gradient:
             raise InputError(f"method '{spec.name}' optimises a class score and is not offered in target mode")
         # (no `host`: every output fetched is read, so all of it comes to the host)
@@ -402,6 +405,11 @@ class Engine:
             # a gradient head's saliency is the last layer's; a gradient-free head's, its own layer's
             if layers[0] == self.manifest.layers[-1].name or not spec.uses_gradient:
                 saliency = out.get(saliency_name(spec.name))
+        if spec.family == "model":
+            if MODEL_MAP not in out:
+                raise InputError("method 'model-map' reads the model's own map, which this pass did not compute; "
+                                 "run forward() with the full graph (gradient=True) or call explain()")
+            maps.append(spec.map(out[MODEL_MAP], used))
         for la in layers if not maps else ():
             a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
             if spec.perturbation:
@@ -451,6 +459,10 @@ class Engine:
         if method.uses_gradient and not self.manifest.gradients:
             raise InputError(f"method '{method.name}' needs the gradient, and '{self.path.name}' was written without "
                              "its gradient branch (`camrt add-maps --no-gradients`); use the file it was made from")
+        if method.family == "model" and not self.manifest.model_map:
+            raise InputError(f"method '{method.name}' reads the model's own map output, and '{self.path.name}' has "
+                             "none; export a model that returns its map (CALM, LFI-CAM) with "
+                             "`camrt export --map-output NAME`")
         if method.input_gradient and not self.manifest.input_gradient:
             raise InputError(f"method '{method.name}' needs the gradient of the class score with respect to the "
                              f"input, which '{self.path.name}' lacks; re-export the model with `camrt export "

@@ -43,6 +43,7 @@ from camrt.manifest import (
     INPUT,
     INPUT_GRADIENT,
     LOGITS,
+    MODEL_MAP,
     OPSETS,
     OUTPUT,
     SCORE,
@@ -128,7 +129,8 @@ def _example(shape: Sequence[int], seed: int) -> torch.Tensor:
 
 
 def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[str], opset: int,
-             input_gradient: bool = False, target_shape: Sequence[int] = ()) -> onnx.ModelProto:
+             input_gradient: bool = False, target_shape: Sequence[int] = (), model_map: bool = False
+             ) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = traceable_example(example)
     cls = second_input(example, target_shape)
@@ -136,6 +138,8 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
     names = [*first, *map(activation_name, layers), *map(gradient_name, layers)]
     if input_gradient:
         names.append(INPUT_GRADIENT)
+    if model_map:
+        names.append(MODEL_MAP)
     # The exporter reports progress on stdout and raises many warnings; a library stays quiet.
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -157,7 +161,7 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
 
 
 def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_index: int | str | None,
-                    ) -> dict[str, np.ndarray]:
+                    map_output: int | str | None = None) -> dict[str, np.ndarray]:
     """Run the serialized model, the very bytes that will be written, on a fresh input (another
     batch size and seed than the export example, one explicit class and the rest top-1) and
     compare with eager autograd. Returns that input, the feeds of the float16 self-check."""
@@ -180,7 +184,7 @@ def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_in
         raise ExportError(f"ONNX Runtime cannot run the exported graph for its self-check (opset {manifest.opset}): "
                           f"{first}") from e
     ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), manifest.layers, output_index,
-                                          manifest.input_gradient)
+                                          manifest.input_gradient, map_output)
     problems = [m for k in ref
                 if (m := verify.compare(k, got[k], ref[k], yardstick[k] if yardstick else None)) is not None]
     if problems:
@@ -228,6 +232,7 @@ def export(
     grid: Sequence[int] | None = None,
     prefix_tokens: int | None = None,
     target: bool = False,
+    map_output: int | str | None = None,
 ) -> Manifest:
     """Export `model` to an ONNX file whose outputs are the logits, the used class and, for each
     target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
@@ -278,6 +283,9 @@ def export(
             (`camrt.targets` builds targets: a class, a class inside a mask, an embedding's cosine
             similarity to a concept). The outputs are `output` and `score` instead of `logits` and
             `class_idx_used`; map heads and fp16 are not offered in this mode.
+        map_output: for a model that computes its own attribution map (CALM, LFI-CAM): the index
+            or name of that output (N×K×h×w, one map per class, or N×h×w), written as the graph
+            output `model_map` and served by the method `model-map` (one forward pass).
 
     Returns:
         The manifest written into the model.
@@ -348,8 +356,14 @@ def export(
             raise InputError(f"{len(labels)} labels given for {num_classes} classes (the model's output has "
                              f"{num_classes} scores); give one name per class, in class order")
 
-    gm = trace(model, example, targets, output_index, input_gradient, target_shape)
-    graph = _to_onnx(gm, example, layers, opset, input_gradient, target_shape)
+    if map_output is not None:
+        with frozen_eval(model), torch.no_grad():
+            own = select_output(model(example), map_output)
+        if own.dim() not in (3, 4) or (own.dim() == 4 and own.shape[1] != num_classes):
+            raise InputError(f"the map output has shape {tuple(own.shape)}; --map-output needs N×K×h×w (one map per "
+                             f"class, K = {num_classes}) or N×h×w")
+    gm = trace(model, example, targets, output_index, input_gradient, target_shape, map_output)
+    graph = _to_onnx(gm, example, layers, opset, input_gradient, target_shape, map_output is not None)
     written = file_opset(graph)
     if written != opset:  # torch falls back to its own opset without failing
         raise ExportError(f"torch's ONNX exporter wrote opset {written} instead of the requested {opset}; "
@@ -366,6 +380,7 @@ def export(
         opset=written,  # the opset the file has, read from the graph
         input_gradient=bool(input_gradient),
         target_shape=target_shape,
+        model_map=map_output is not None,
     )
     try:
         proto = run_passes(graph, export_passes(num_classes, manifest.to_json(), maps, targeted=target))
@@ -377,7 +392,7 @@ def export(
         manifest = read_manifest(proto)  # the map-heads pass recorded them
 
     data = _serialize(proto, path)
-    feeds = _check_with_ort(data, model, manifest, output_index)
+    feeds = _check_with_ort(data, model, manifest, output_index, map_output)
     if fp16:
         data, proto = _half(proto, feeds, path)
         manifest = read_manifest(proto)  # the pass recorded the precision

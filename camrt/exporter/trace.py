@@ -191,13 +191,14 @@ def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None
 
 
 def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | str | None,
-                 input_gradient: bool = False, targeted: bool = False):
+                 input_gradient: bool = False, targeted: bool = False, map_output: int | str | None = None):
     """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G), with the
     input gradient appended when `input_gradient`. A is each layer's N×C×h×w map
     (`camrt.exporter.tokens.to_map` of what the module returns) and G the gradient with respect
     to it; the network goes on from the output rebuilt from A (`from_map`). With `targeted`:
     (x, target) -> (output, score, *A, *G), score[n] = Σ target[n] ⊙ output[n] and G its gradient
-    (the class one-hot of the default is one choice of the target)."""
+    (the class one-hot of the default is one choice of the target). With `map_output`, the model's
+    own map output (`select_output` of it) is appended last."""
     from camrt.exporter.tokens import from_map, to_map
 
     modules = dict(model.named_modules())
@@ -226,7 +227,9 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
         handles = [modules[la.name].register_forward_hook(make_hook(la)) for la in layers]
         try:
             with torch.enable_grad():
-                logits = select_output(model(x), output_index)
+                raw = model(x)
+                logits = select_output(raw, output_index)
+                own_map = select_output(raw, map_output) if map_output is not None else None
                 if targeted:
                     per_image = (logits * class_idx).flatten(1).sum(1)
                     used, score = per_image, per_image.sum()
@@ -240,7 +243,8 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
         finally:
             for h in handles:
                 h.remove()
-        return (logits.detach(), used.detach(), *(acts[la.name].detach() for la in layers), *grads)
+        extra = () if own_map is None else (own_map.detach(),)
+        return (logits.detach(), used.detach(), *(acts[la.name].detach() for la in layers), *grads, *extra)
 
     return f
 
@@ -262,11 +266,11 @@ def second_input(example: torch.Tensor, target_shape: Sequence[int] = ()) -> tor
 
 def trace(
     model: nn.Module, example: torch.Tensor, layers: Sequence[Layer], output_index: int | str | None,
-    input_gradient: bool = False, target_shape: Sequence[int] = (),
+    input_gradient: bool = False, target_shape: Sequence[int] = (), map_output: int | str | None = None,
 ) -> torch.fx.GraphModule:
     """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions;
     `input_gradient` adds ∂ score / ∂ input as the last output; a `target_shape` traces target mode."""
-    f = cam_function(model, layers, output_index, input_gradient, targeted=bool(target_shape))
+    f = cam_function(model, layers, output_index, input_gradient, targeted=bool(target_shape), map_output=map_output)
     example = traceable_example(example)
     cls = second_input(example, target_shape)
     try:

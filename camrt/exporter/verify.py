@@ -38,6 +38,7 @@ from camrt.manifest import (
     CLASS_IDX_USED,
     INPUT_GRADIENT,
     LOGITS,
+    MODEL_MAP,
     OUTPUT,
     SCORE,
     Layer,
@@ -61,7 +62,7 @@ class Mismatch:
 
 
 def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
-                  output_index: int | str | None, input_gradient: bool = False,
+                  output_index: int | str | None, input_gradient: bool = False, map_output: int | str | None = None,
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """(oracle, yardstick): logits, used class and per-layer activation and gradient (and the input
     gradient when `input_gradient`; in target mode, `class_idx` a float target: output and score)
@@ -71,16 +72,18 @@ def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, la
     with warnings.catch_warnings():  # torch warns about TF32 on Intel GPUs whenever the flags change
         warnings.simplefilter("ignore", UserWarning)
         with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's conv backward is less accurate still
-            f32 = _eager(model, x, class_idx, layers, output_index, input_gradient)
+            f32 = _eager(model, x, class_idx, layers, output_index, input_gradient, map_output)
     try:
-        f64 = _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index, input_gradient)
+        f64 = _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index, input_gradient,
+                     map_output)
     except (RuntimeError, TypeError):  # a model with hard-wired float32 ops (a .pt2 program, for example)
         return f32, None
     return f64, f32
 
 
 def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
-           output_index: int | str | None, input_gradient: bool) -> dict[str, np.ndarray]:
+           output_index: int | str | None, input_gradient: bool, map_output: int | str | None = None
+           ) -> dict[str, np.ndarray]:
     """The outputs by plain autograd with respect to what each module returns; a token or
     channels-last layer's output and gradient are then put on their grid (`tokens.to_map`, the
     reshape pytorch-grad-cam's users write), independently of the exported function's rebuild."""
@@ -98,7 +101,9 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
     try:
         with frozen_eval(model):
             xg = x.clone().requires_grad_(True)  # so every activation is in the autograd graph
-            logits = select_output(model(xg), output_index)
+            raw = model(xg)
+            logits = select_output(raw, output_index)
+            own_map = select_output(raw, map_output) if map_output is not None else None
             wrt = [*(acts[la.name] for la in layers), *([xg] if input_gradient else [])]
             if class_idx.is_floating_point():  # target mode: the vector of the vector-Jacobian product
                 used = (logits * class_idx.to(logits.dtype)).flatten(1).sum(1)
@@ -112,6 +117,8 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
         for h in handles:
             h.remove()
     out = {names[0]: logits.detach().numpy(), names[1]: used.detach().numpy()}
+    if own_map is not None:
+        out[MODEL_MAP] = own_map.detach().numpy()
     for la, g in zip(layers, grads, strict=False):
         out[activation_name(la.name)] = to_map(la, acts[la.name].detach()).numpy()
         out[gradient_name(la.name)] = to_map(la, g).numpy()

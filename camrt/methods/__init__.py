@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from camrt.errors import InputError
-from camrt.methods import eigen, feature, gradient, masking, optimisation, sampled
+from camrt.methods import eigen, feature, gradient, masking, model, optimisation, sampled
 from camrt.methods._core import combine, normalize, relu, softmax, upsample
 from camrt.methods.contract import Context, Family, Method, NoOptions, Options, SampleContext
 from camrt.methods.eigen import eigencam, eigengradcam
@@ -54,7 +54,7 @@ def _table(*families: tuple[Method, ...]) -> dict[str, Method]:
 
 # The order is the order of `camrt methods` and of '--method all'.
 METHODS: dict[str, Method] = _table(gradient.METHODS, eigen.METHODS, sampled.METHODS, feature.METHODS,
-                                    masking.METHODS, optimisation.METHODS)
+                                    masking.METHODS, optimisation.METHODS, model.METHODS)
 
 
 def get_method(name: str) -> Method:

@@ -14,6 +14,8 @@ Families and the functions they declare:
   run in one batch with it, each explained for its source image's class; then ``map(activation,
   gradient, sample_activation, sample_gradient) -> (N, h, w)`` with the copies' activations and
   gradients reshaped to ``(N, S, C, h, w)``.
+* ``"model"``: ``map(model_map, classes) -> (N, h, w)`` from the model's own map output
+  (`camrt export --map-output`: CALM, LFI-CAM), one forward pass.
 * ``"feature"`` and ``"input"`` (perturbation): ``explore(Context, options)`` is a coroutine that
   yields batches of perturbed copies of one image (of its activation, run through the graph's
   tail, for "feature"; of the preprocessed image, run through the forward-only graph, for
@@ -39,7 +41,7 @@ import numpy as np
 
 from camrt.errors import InputError
 
-Family = Literal["gradient", "sampled", "feature", "input"]
+Family = Literal["gradient", "sampled", "feature", "input", "model"]
 Score = Literal["logit", "probability"]
 Explore = Generator[np.ndarray, Any, np.ndarray]
 
@@ -172,7 +174,7 @@ class Method:
         ``input_gradient=True``.
     """
 
-    FAMILIES: ClassVar[tuple[str, ...]] = ("gradient", "sampled", "feature", "input")
+    FAMILIES: ClassVar[tuple[str, ...]] = ("gradient", "sampled", "feature", "input", "model")
 
     name: str
     description: str
@@ -188,7 +190,7 @@ class Method:
     input_gradient: bool = False
     _fields_needed: ClassVar[dict[str, tuple[str, ...]]] = {
         "gradient": ("map",), "sampled": ("map", "samples"), "feature": ("explore", "runs"),
-        "input": ("explore", "runs"),
+        "input": ("explore", "runs"), "model": ("map",),
     }
 
     def __post_init__(self) -> None:
