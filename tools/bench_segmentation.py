@@ -96,6 +96,7 @@ def main() -> None:
     from camrt.engine import Engine
     from camrt.engine.targets import RegionTarget
     from tools.bench_gradcam import machine
+    from tools.bench_vit import best_alternating
 
     torch.set_num_threads(2)
     x = np.random.default_rng(1).normal(size=(a.batch, 3, a.size, a.size)).astype(np.float32)
@@ -113,12 +114,7 @@ def main() -> None:
         "pytorch-grad-cam": lambda: extractor(input_tensor=torch.from_numpy(x),
                                               targets=[SemanticSegmentationTarget(k, mask)] * a.batch),
     }
-    best = dict.fromkeys(runs, float("inf"))
-    for r in range(a.rounds):
-        for name, f in (runs.items() if r % 2 == 0 else reversed(runs.items())):
-            t = time.perf_counter()
-            f()
-            best[name] = min(best[name], time.perf_counter() - t)
+    best = best_alternating(runs, a.rounds)
     ours = engine.explain(x, "gradcam", target=RegionTarget(k, mask)).saliency
     theirs = runs["pytorch-grad-cam"]()
     corr = [float(np.corrcoef(ours[i].ravel(), theirs[i].ravel())[0, 1]) for i in range(a.batch)

@@ -12,7 +12,6 @@ L2 error of the gradient, and the score against float64.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -90,17 +89,9 @@ def check(name: str, work: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--workdir", type=Path, default=ROOT / "out" / "check_targets")
-    a = p.parse_args()
-    a.workdir.mkdir(parents=True, exist_ok=True)
-    for name in a.models.split(","):
-        try:
-            row = check(name, a.workdir)
-        except Exception as e:  # noqa: BLE001 - one model's failure is a row of the report, not the end
-            row = {"model": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-        print(" | ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()), flush=True)
+    from tools.check_transformers import report
+
+    report(check, list(MODELS), "check_targets")
 
 
 if __name__ == "__main__":

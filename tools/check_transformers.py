@@ -19,7 +19,7 @@ import argparse
 import copy
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -144,18 +144,24 @@ def check(name: str, work: Path) -> dict:
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--workdir", type=Path, default=ROOT / "out" / "check_transformers")
+def report(check_one: Callable[[str, Path], dict], models: Sequence[str], default_workdir: str) -> None:
+    """The command line of the check tools: `--models` (default `models`, comma-separated) and
+    `--workdir`; one printed row per model, a failure being its row (this tool and check_targets)."""
+    p = argparse.ArgumentParser(description=(sys.modules["__main__"].__doc__ or "").split("\n")[0])
+    p.add_argument("--models", default=",".join(models))
+    p.add_argument("--workdir", type=Path, default=ROOT / "out" / default_workdir)
     a = p.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
     for name in a.models.split(","):
         try:
-            row = check(name, a.workdir)
+            row = check_one(name, a.workdir)
         except Exception as e:  # noqa: BLE001 - one model's failure is a row of the report, not the end
             row = {"model": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         print(" | ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()), flush=True)
+
+
+def main() -> None:
+    report(check, list(MODELS), "check_transformers")
 
 
 if __name__ == "__main__":
