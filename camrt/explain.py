@@ -208,10 +208,14 @@ def read_target(engine: Engine, target_class: int | None = None, mask_file: str 
                 concept = np.array(path.read_text().split(), dtype=np.float64)
             except (OSError, ValueError) as e:
                 raise InputError(f"cannot read --concept '{path}' as numbers: {e}") from e
+    _require_target_mode(engine)
+    return target_for(tuple(engine.manifest.target_shape), target_class, mask, concept, corners)
+
+
+def _require_target_mode(engine: Engine) -> None:
     if not engine.manifest.targeted:
         raise InputError(f"'{engine.path.name}' was exported for classes; --target-class, --mask and --concept are "
                          "for models exported with `camrt export --target` (use --class-idx)")
-    return target_for(tuple(engine.manifest.target_shape), target_class, mask, concept, corners)
 
 
 def _load_npy(path: Path, option: str) -> np.ndarray:
@@ -265,9 +269,7 @@ def explain_files(
     topk = checks.positive_int(topk, "--topk")
     checks.non_negative_int(seed, "--seed")
     if engine.manifest.targeted or target is not None:
-        if not engine.manifest.targeted:
-            raise InputError(f"'{engine.path.name}' was exported for classes; --target-class, --mask and --concept are "
-                             "for models exported with `camrt export --target` (use --class-idx)")
+        _require_target_mode(engine)
         if class_idx is not None:
             raise InputError(f"'{engine.path.name}' was exported in target mode: use --target-class (with --mask) or "
                              "--concept, not --class-idx")

@@ -292,6 +292,15 @@ def build() -> torch.nn.Module:
     ))
 
 
+def blocks() -> torch.nn.Module:
+    """The CNN's five convolutional blocks alone (random weights; keys block1..block5, as in the
+    CNN's state dict): the backbone of the detector and of CALM on this benchmark."""
+    from torch import nn
+
+    cnn = build()
+    return nn.Sequential(OrderedDict((f"block{i}", getattr(cnn, f"block{i}")) for i in range(1, 6)))
+
+
 def load_model() -> torch.nn.Module:
     """The trained CNN in eval mode, weights from `WEIGHTS` (models/shapes_cnn.pt)."""
     import torch

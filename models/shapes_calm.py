@@ -21,14 +21,12 @@ Here the features are the trained shapes CNN's blocks 1-5, frozen (`backbone`); 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from models.shapes import CLASSES
-from models.shapes import build as build_classifier
+from models.shapes import CLASSES, blocks
 
 WEIGHTS = Path(__file__).with_name("shapes_calm.pt")
 LAYER = "backbone.block5"
@@ -39,8 +37,7 @@ class ShapesCALM(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        cnn = build_classifier()
-        self.backbone = nn.Sequential(OrderedDict((f"block{i}", getattr(cnn, f"block{i}")) for i in range(1, 6)))
+        self.backbone = blocks()
         self.cue = nn.Conv2d(128, 1, 1)
         self.classes = nn.Conv2d(128, len(CLASSES), 1)
 

@@ -22,14 +22,12 @@ decoded box overlaps the given box (IoU ≥ 0.5). `tools/train_shapes_detector.p
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from models.shapes import CLASSES, SIZE
-from models.shapes import build as build_classifier
+from models.shapes import CLASSES, SIZE, blocks
 
 STRIDE = 8
 GRID = SIZE // STRIDE  # 16
@@ -43,8 +41,7 @@ class ShapesDetector(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        cnn = build_classifier()
-        self.backbone = nn.Sequential(OrderedDict((f"block{i}", getattr(cnn, f"block{i}")) for i in range(1, 6)))
+        self.backbone = blocks()
         self.head = nn.Sequential(nn.Conv2d(128, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 4 + len(CLASSES), 1))
         ii, jj = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
         self.register_buffer("cells", torch.stack([jj.reshape(-1), ii.reshape(-1)], dim=1).float() + 0.5)

@@ -21,6 +21,7 @@ from camrt.manifest import MODEL_MAP
 from models.shapes import CLASSES, MEAN, SIZE, STD, generate, preprocess
 from models.shapes_calm import LAYER, WEIGHTS, load_model
 from tests.test_models_shapes import pointing_hits
+from tests.test_models_shapes_detector import centre_prior_hits
 
 HELD_OUT_SEED = 4
 ACCURACY_FLOOR = 0.85
@@ -52,10 +53,8 @@ def test_model_map_serves_calms_joint_probability(calm) -> None:
     np.testing.assert_allclose(r.low_res, expected, rtol=1e-4, atol=1e-6 * expected.max())
     accuracy = float((out["logits"].argmax(1).numpy() == labels).mean())
     assert accuracy >= ACCURACY_FLOOR, accuracy
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    prior = np.exp(-((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2) / (2 * (SIZE / 4) ** 2))
     ours = pointing_hits(r.saliency, masks).mean()
-    centre = pointing_hits(np.repeat(prior[None], len(x), axis=0), masks).mean()
+    centre = centre_prior_hits(masks)
     assert ours >= centre + POINTING_MARGIN, (ours, centre)
     p = engine.forward(x[:2], class_idx=labels[:2])  # the full graph's pass serves it too
     assert MODEL_MAP in p.outputs
