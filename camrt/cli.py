@@ -248,6 +248,9 @@ def _names(text: str | None) -> tuple[str, ...]:
 @click.option("--labels", "labels_file", type=click.Path(), help="Text file with one class name per line.")
 @click.option("--input-gradient", is_flag=True,
               help="Also output the gradient of the class score with respect to the input (for Opti-CAM).")
+@click.option("--relevance", is_flag=True,
+              help="Also output each target layer's layer-wise relevance (LRP, relevance.L), computed in the graph by "
+                   "Relevance-CAM's rules (for the method relevancecam).")
 @click.option("--maps", "maps_text", help=_MAPS_HELP)
 @click.option("--fp16", is_flag=True, help=_FP16_HELP)
 @click.option("--grid", "grid_text", metavar="HxW",
@@ -260,8 +263,9 @@ def _names(text: str | None) -> tuple[str, ...]:
 def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arch: str | None, trust_pickle: bool,
                input_shape: str, opset: int, output_index: str | None, map_output: str | None, targeted: bool,
                mean: str | None,
-               std: str | None, labels_file: str | None, input_gradient: bool, maps_text: str | None, fp16: bool,
-               grid_text: str | None, prefix_tokens: int | None, layout: str | None) -> None:
+               std: str | None, labels_file: str | None, input_gradient: bool, relevance: bool,
+               maps_text: str | None, fp16: bool, grid_text: str | None, prefix_tokens: int | None,
+               layout: str | None) -> None:
     """Export MODEL to ONNX with logits, activations and class-score gradients."""
     from camrt import export
     from camrt.manifest import Preprocessing
@@ -274,13 +278,14 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
         map_output=_index_or_name(map_output),
         mean=_float_list(mean, "--mean") or Preprocessing.mean, std=_float_list(std, "--std") or Preprocessing.std,
         labels=_read_labels(labels_file), input_gradient=input_gradient, maps=_names(maps_text), fp16=fp16,
-        grid=_grid(grid_text), prefix_tokens=prefix_tokens, layout=layout,
+        grid=_grid(grid_text), prefix_tokens=prefix_tokens, layout=layout, relevance=relevance,
     )
     shapes = ", ".join(f"{la.name} {'×'.join(map(str, la.shape))}"
                        + ("" if la.layout == "nchw" else f" ({la.layout}" + (
                            f", {la.prefix_tokens} prefix tokens)" if la.layout == "tokens" else ")"))
                        for la in manifest.layers)
     heads = f"; map heads {', '.join(manifest.maps)}" if manifest.maps else ""
+    heads += "; layer-wise relevance" if manifest.relevance else ""
     half = f"; {_FP16_DONE}" if fp16 else ""
     what = (f"output {'×'.join(map(str, manifest.target_shape))} per image, explained for a target"
             if manifest.targeted else f"{manifest.num_classes} classes")

@@ -20,6 +20,9 @@ model output per image) and has, instead of `logits` and `class_idx_used`, the o
 ∂ activation.L[n].
 A model exported with `--map-output NAME` (the manifest's `model_map`) also has `model_map`, the
 model's own map output (N×K×h×w, one per class, or N×h×w), which the method `model-map` serves.
+A model exported with `--relevance` (the manifest's `relevance`) also has, per target layer L,
+`relevance.L` (N×C×h×w): the layer-wise relevance (LRP, Relevance-CAM's rules,
+`camrt.exporter.relevance`) of the class `class_idx_used` at activation.L.
 `precision` says how the graph computes: "fp32", or "fp16" (`camrt.graph.fp16`: the forward pass
 in float16, the gradient branch and map heads in float32); inputs and outputs keep their types.
 
@@ -65,6 +68,11 @@ def gradient_name(layer: str) -> str:
     return f"gradient.{layer}"
 
 
+def relevance_name(layer: str) -> str:
+    """The output holding the layer-wise relevance at `layer` (N×C×h×w, `camrt export --relevance`)."""
+    return f"relevance.{layer}"
+
+
 def map_name(method: str, layer: str) -> str:
     """The output holding `method`'s map at `layer` (N×h×w, after its ReLU) in a model with map heads."""
     return f"map.{method}.{layer}"
@@ -106,6 +114,10 @@ class Layer:
     def gradient(self) -> str:
         return gradient_name(self.name)
 
+    @property
+    def relevance(self) -> str:
+        return relevance_name(self.name)
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -141,6 +153,8 @@ class Manifest:
     target_shape: tuple[int, ...] = ()
     # The graph has the output MODEL_MAP (`camrt export --map-output`); absent from older manifests.
     model_map: bool = False
+    # The graph has the outputs relevance.L (`camrt export --relevance`); absent from older manifests.
+    relevance: bool = False
 
     @property
     def targeted(self) -> bool:

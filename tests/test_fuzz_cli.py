@@ -136,12 +136,13 @@ def test_explain_option_values(files, call) -> None:
         return
     if result.exit_code == 2:
         # Valid values can still meet a method that does not apply to the layer (CAM on layer1) or to
-        # this CNN (ViT-ReciproCAM; the model's own map, which it has none of), or copies that
+        # this CNN (ViT-ReciproCAM; the model's own map or relevance, which it has none of), or copies that
         # overflow float32 (an error that says so).
         line = assert_one_line_error(result)
         not_applicable = ((method == "cam" and values["layer"] == "layer1")
                           or (method == "vitreciprocam" and "first layer norm of a transformer block" in line)
-                          or (method == "model-map" and "reads the model's own map output" in line))
+                          or (method == "model-map" and "reads the model's own map output" in line)
+                          or (method == "relevancecam" and "reads the layer-wise relevance" in line))
         assert not_applicable or "overflowed" in line, line
         return
     assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)

@@ -78,13 +78,14 @@ def test_methods_table() -> None:
     assert list(METHODS) == ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                              "gradcam-elementwise", "abscam", "eigencam", "eigengradcam", "smoothgradcam++",
                              "integratedgradcam", "ablationcam", "ablationcam++", "reciprocam", "vitreciprocam",
-                             "scorecam", "abscam-final", "sscam", "iscam", "groupcam", "rise", "opticam", "model-map"]
+                             "scorecam", "abscam-final", "sscam", "iscam", "groupcam", "rise", "opticam",
+                             "relevancecam", "model-map"]
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name
         assert method.paper.startswith("https://") and "\n" not in method.description
-        assert method.family in ("gradient", "sampled", "feature", "input", "model")
+        assert method.family in ("gradient", "sampled", "feature", "input", "model", "relevance")
         assert (method.samples is not None) == (method.family == "sampled")
-        assert (method.map is not None) == (method.family in ("gradient", "sampled", "model"))
+        assert (method.map is not None) == (method.family in ("gradient", "sampled", "model", "relevance"))
         assert (method.explore is not None and method.runs is not None) == method.perturbation
         assert method.perturbation == (method.family in ("feature", "input"))
         assert issubclass(method.options, Options) and method.configure({}) == method.options()

@@ -412,6 +412,11 @@ class Engine:
             maps.append(spec.map(out[MODEL_MAP], used))
         for la in layers if not maps else ():
             a, g = out[self.manifest.layer(la).activation], out.get(self.manifest.layer(la).gradient)
+            if spec.family == "relevance":
+                g = out.get(self.manifest.layer(la).relevance)
+                if g is None:
+                    raise InputError(f"method '{spec.name}' reads the relevance, which this pass did not compute; "
+                                     "run forward() with the full graph (gradient=True) or call explain()")
             if spec.perturbation:
                 maps.append(perturbation_map(spec, opts, self.graphs, p.x, out, la, self.chunk_size, seed, progress,
                                              p.target))
@@ -463,6 +468,10 @@ class Engine:
             raise InputError(f"method '{method.name}' reads the model's own map output, and '{self.path.name}' has "
                              "none; export a model that returns its map (CALM, LFI-CAM) with "
                              "`camrt export --map-output NAME`")
+        if method.family == "relevance" and not self.manifest.relevance:
+            raise InputError(f"method '{method.name}' reads the layer-wise relevance, which '{self.path.name}' lacks; "
+                             "re-export the model with `camrt export --relevance` (or camrt.export(..., "
+                             "relevance=True))")
         if method.input_gradient and not self.manifest.input_gradient:
             raise InputError(f"method '{method.name}' needs the gradient of the class score with respect to the "
                              f"input, which '{self.path.name}' lacks; re-export the model with `camrt export "

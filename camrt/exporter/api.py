@@ -19,6 +19,7 @@ from torch import nn
 
 from camrt import __version__, atomic
 from camrt.errors import ExportError, InputError, LayerError, UnsupportedOpError, VerificationError, first_line
+from camrt.exporter import relevance as lrp
 from camrt.exporter import verify
 from camrt.exporter.load import load_model
 from camrt.exporter.tokens import describe, layer_for
@@ -52,6 +53,7 @@ from camrt.manifest import (
     Preprocessing,
     activation_name,
     gradient_name,
+    relevance_name,
 )
 
 # Why `OPSETS` is 18 to 26, the opsets this export route really writes: torch's dynamo exporter
@@ -129,8 +131,8 @@ def _example(shape: Sequence[int], seed: int) -> torch.Tensor:
 
 
 def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[str], opset: int,
-             input_gradient: bool = False, target_shape: Sequence[int] = (), model_map: bool = False
-             ) -> onnx.ModelProto:
+             input_gradient: bool = False, target_shape: Sequence[int] = (), model_map: bool = False,
+             relevance: bool = False) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = traceable_example(example)
     cls = second_input(example, target_shape)
@@ -138,6 +140,8 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
     names = [*first, *map(activation_name, layers), *map(gradient_name, layers)]
     if input_gradient:
         names.append(INPUT_GRADIENT)
+    if relevance:
+        names.extend(map(relevance_name, layers))
     if model_map:
         names.append(MODEL_MAP)
     # The exporter reports progress on stdout and raises many warnings; a library stays quiet.
@@ -161,7 +165,8 @@ def _to_onnx(gm: torch.fx.GraphModule, example: torch.Tensor, layers: Sequence[s
 
 
 def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_index: int | str | None,
-                    map_output: int | str | None = None) -> dict[str, np.ndarray]:
+                    map_output: int | str | None = None, relevance: tuple[list[str], dict[str, str]] | None = None
+                    ) -> dict[str, np.ndarray]:
     """Run the serialized model, the very bytes that will be written, on a fresh input (another
     batch size and seed than the export example, one explicit class and the rest top-1) and
     compare with eager autograd. Returns that input, the feeds of the float16 self-check."""
@@ -184,7 +189,7 @@ def _check_with_ort(data: bytes, model: nn.Module, manifest: Manifest, output_in
         raise ExportError(f"ONNX Runtime cannot run the exported graph for its self-check (opset {manifest.opset}): "
                           f"{first}") from e
     ref, yardstick = verify.eager_outputs(model, x, torch.from_numpy(cls), manifest.layers, output_index,
-                                          manifest.input_gradient, map_output)
+                                          manifest.input_gradient, map_output, relevance)
     problems = [m for k in ref
                 if (m := verify.compare(k, got[k], ref[k], yardstick[k] if yardstick else None)) is not None]
     if problems:
@@ -233,6 +238,7 @@ def export(
     prefix_tokens: int | None = None,
     target: bool = False,
     map_output: int | str | None = None,
+    relevance: bool = False,
 ) -> Manifest:
     """Export `model` to an ONNX file whose outputs are the logits, the used class and, for each
     target layer L, `activation.L` and `gradient.L` = ∂ logits[n, class_idx[n]] / ∂ activation.L[n];
@@ -299,6 +305,11 @@ def export(
         raise InputError(f"target must be True or False, got {target!r}")
     if target and (maps or fp16):
         raise InputError("map heads and fp16 are not offered in target mode (--target) yet; export without them")
+    if not isinstance(relevance, bool):
+        raise InputError(f"relevance must be True or False, got {relevance!r}")
+    if relevance and (target or fp16):
+        raise InputError("--relevance is not offered with --target or --fp16 yet: Relevance-CAM's rules start from a "
+                         "class score and run in float32; export without one of them")
     maps = check_maps(maps) if maps else ()
     layers = list(layers)
     if input_gradient and INPUT_GRADIENT in map(gradient_name, layers):
@@ -362,8 +373,12 @@ def export(
         if own.dim() not in (3, 4) or (own.dim() == 4 and own.shape[1] != num_classes):
             raise InputError(f"the map output has shape {tuple(own.shape)}; --map-output needs N×K×h×w (one map per "
                              f"class, K = {num_classes}) or N×h×w")
-    gm = trace(model, example, targets, output_index, input_gradient, target_shape, map_output)
-    graph = _to_onnx(gm, example, layers, opset, input_gradient, target_shape, map_output is not None)
+    tail = None
+    if relevance:
+        with frozen_eval(model):
+            tail = lrp.tail(model, example, layers)
+    gm = trace(model, example, targets, output_index, input_gradient, target_shape, map_output, tail)
+    graph = _to_onnx(gm, example, layers, opset, input_gradient, target_shape, map_output is not None, relevance)
     written = file_opset(graph)
     if written != opset:  # torch falls back to its own opset without failing
         raise ExportError(f"torch's ONNX exporter wrote opset {written} instead of the requested {opset}; "
@@ -381,6 +396,7 @@ def export(
         input_gradient=bool(input_gradient),
         target_shape=target_shape,
         model_map=map_output is not None,
+        relevance=relevance,
     )
     try:
         proto = run_passes(graph, export_passes(num_classes, manifest.to_json(), maps, targeted=target))
@@ -392,7 +408,7 @@ def export(
         manifest = read_manifest(proto)  # the map-heads pass recorded them
 
     data = _serialize(proto, path)
-    feeds = _check_with_ort(data, model, manifest, output_index, map_output)
+    feeds = _check_with_ort(data, model, manifest, output_index, map_output, tail)
     if fp16:
         data, proto = _half(proto, feeds, path)
         manifest = read_manifest(proto)  # the pass recorded the precision

@@ -191,14 +191,18 @@ def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None
 
 
 def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | str | None,
-                 input_gradient: bool = False, targeted: bool = False, map_output: int | str | None = None):
+                 input_gradient: bool = False, targeted: bool = False, map_output: int | str | None = None,
+                 relevance: tuple[list[str], dict[str, str]] | None = None):
     """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G), with the
     input gradient appended when `input_gradient`. A is each layer's N×C×h×w map
     (`camrt.exporter.tokens.to_map` of what the module returns) and G the gradient with respect
     to it; the network goes on from the output rebuilt from A (`from_map`). With `targeted`:
     (x, target) -> (output, score, *A, *G), score[n] = Σ target[n] ⊙ output[n] and G its gradient
     (the class one-hot of the default is one choice of the target). With `map_output`, the model's
-    own map output (`select_output` of it) is appended last."""
+    own map output (`select_output` of it) is appended last. With `relevance` (the tail and
+    batch-norm pairs of `camrt.exporter.relevance.tail`), each layer's relevance A ⊙ c follows the
+    gradients (and the input gradient), from a second, modified backward pass of the same forward."""
+    from camrt.exporter import relevance as lrp
     from camrt.exporter.tokens import from_map, to_map
 
     modules = dict(model.named_modules())
@@ -225,8 +229,9 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
             return hook
 
         handles = [modules[la.name].register_forward_hook(make_hook(la)) for la in layers]
+        rules = lrp.rules(model, *relevance) if relevance is not None else contextlib.nullcontext()
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), rules:
                 raw = model(x)
                 logits = select_output(raw, output_index)
                 own_map = select_output(raw, map_output) if map_output is not None else None
@@ -239,12 +244,19 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
                     onehot = (torch.arange(logits.shape[1], device=logits.device) == used[:, None]).to(logits.dtype)
                     score = (logits * onehot).sum()
                 wrt = [*(acts[la.name] for la in layers), *([x] if input_gradient else [])]
-                grads = torch.autograd.grad(score, wrt)
+                grads = torch.autograd.grad(score, wrt, retain_graph=relevance is not None)
+                relevances: tuple[torch.Tensor, ...] = ()
+                if relevance is not None:
+                    seed = lrp.contrastive_seed(logits, used)
+                    a = [acts[la.name] for la in layers]
+                    with lrp.relevance_mode():
+                        relevances = tuple(t * c for t, c in zip(a, torch.autograd.grad(logits, a, seed), strict=True))
         finally:
             for h in handles:
                 h.remove()
         extra = () if own_map is None else (own_map.detach(),)
-        return (logits.detach(), used.detach(), *(acts[la.name].detach() for la in layers), *grads, *extra)
+        return (logits.detach(), used.detach(), *(acts[la.name].detach() for la in layers), *grads,
+                *(r.detach() for r in relevances), *extra)
 
     return f
 
@@ -267,10 +279,13 @@ def second_input(example: torch.Tensor, target_shape: Sequence[int] = ()) -> tor
 def trace(
     model: nn.Module, example: torch.Tensor, layers: Sequence[Layer], output_index: int | str | None,
     input_gradient: bool = False, target_shape: Sequence[int] = (), map_output: int | str | None = None,
+    relevance: tuple[list[str], dict[str, str]] | None = None,
 ) -> torch.fx.GraphModule:
     """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions;
-    `input_gradient` adds ∂ score / ∂ input as the last output; a `target_shape` traces target mode."""
-    f = cam_function(model, layers, output_index, input_gradient, targeted=bool(target_shape), map_output=map_output)
+    `input_gradient` adds ∂ score / ∂ input as the last output; a `target_shape` traces target mode;
+    `relevance` (`camrt.exporter.relevance.tail`'s answer) adds each layer's relevance."""
+    f = cam_function(model, layers, output_index, input_gradient, targeted=bool(target_shape), map_output=map_output,
+                     relevance=relevance)
     example = traceable_example(example)
     cls = second_input(example, target_shape)
     try:

@@ -23,6 +23,7 @@ rounding in every image, where float32 PyTorch is not, so it cannot pass.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from camrt.exporter import relevance as lrp
 from camrt.exporter.tokens import to_map
 from camrt.exporter.trace import frozen_eval, select_output
 from camrt.manifest import (
@@ -45,6 +47,7 @@ from camrt.manifest import (
     activation_name,
     gradient_name,
     is_gradient,
+    relevance_name,
 )
 
 RTOL = 1e-4
@@ -63,27 +66,30 @@ class Mismatch:
 
 def eager_outputs(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
                   output_index: int | str | None, input_gradient: bool = False, map_output: int | str | None = None,
+                  relevance: tuple[list[str], dict[str, str]] | None = None,
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """(oracle, yardstick): logits, used class and per-layer activation and gradient (and the input
-    gradient when `input_gradient`; in target mode, `class_idx` a float target: output and score)
+    gradient when `input_gradient`; in target mode, `class_idx` a float target: output and score;
+    with `relevance`, `camrt.exporter.relevance.tail`'s answer, each layer's relevance by the same
+    rules run eagerly)
     by eager autograd in float64 on a copy (the caller's model is untouched), and in float32 with
     PyTorch's native kernels. When the model cannot run in float64, the float32 run is the oracle
     and there is no yardstick."""
     with warnings.catch_warnings():  # torch warns about TF32 on Intel GPUs whenever the flags change
         warnings.simplefilter("ignore", UserWarning)
         with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's conv backward is less accurate still
-            f32 = _eager(model, x, class_idx, layers, output_index, input_gradient, map_output)
+            f32 = _eager(model, x, class_idx, layers, output_index, input_gradient, map_output, relevance)
     try:
         f64 = _eager(copy.deepcopy(model).double(), x.double(), class_idx, layers, output_index, input_gradient,
-                     map_output)
+                     map_output, relevance)
     except (RuntimeError, TypeError):  # a model with hard-wired float32 ops (a .pt2 program, for example)
         return f32, None
     return f64, f32
 
 
 def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: Sequence[Layer],
-           output_index: int | str | None, input_gradient: bool, map_output: int | str | None = None
-           ) -> dict[str, np.ndarray]:
+           output_index: int | str | None, input_gradient: bool, map_output: int | str | None = None,
+           relevance: tuple[list[str], dict[str, str]] | None = None) -> dict[str, np.ndarray]:
     """The outputs by plain autograd with respect to what each module returns; a token or
     channels-last layer's output and gradient are then put on their grid (`tokens.to_map`, the
     reshape pytorch-grad-cam's users write), independently of the exported function's rebuild."""
@@ -98,8 +104,10 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
         return hook
 
     handles = [modules[la.name].register_forward_hook(make_hook(la.name)) for la in layers]
+    rules = lrp.rules(model, *relevance) if relevance is not None else contextlib.nullcontext()
+    relevances = None
     try:
-        with frozen_eval(model):
+        with frozen_eval(model), rules:
             xg = x.clone().requires_grad_(True)  # so every activation is in the autograd graph
             raw = model(xg)
             logits = select_output(raw, output_index)
@@ -111,8 +119,14 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
                 names = (OUTPUT, SCORE)
             else:
                 used = torch.where(class_idx == -1, logits.argmax(1), class_idx)
-                grads = torch.autograd.grad(logits[torch.arange(len(used)), used].sum(), wrt)
+                grads = torch.autograd.grad(logits[torch.arange(len(used)), used].sum(), wrt,
+                                            retain_graph=relevance is not None)
                 names = (LOGITS, CLASS_IDX_USED)
+                if relevance is not None:
+                    a = [acts[la.name] for la in layers]
+                    with lrp.relevance_mode():
+                        cs = torch.autograd.grad(logits, a, lrp.contrastive_seed(logits, used))
+                    relevances = [t.detach() * c for t, c in zip(a, cs, strict=True)]
     finally:
         for h in handles:
             h.remove()
@@ -124,6 +138,8 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
         out[gradient_name(la.name)] = to_map(la, g).numpy()
     if input_gradient:
         out[INPUT_GRADIENT] = grads[-1].numpy()
+    for la, r in zip(layers, relevances or (), strict=False):
+        out[relevance_name(la.name)] = to_map(la, r).numpy()
     return out
 
 
@@ -150,7 +166,7 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, yardstick: np.ndarray |
     if name == CLASS_IDX_USED:
         bad = float(np.mean(got != ref))
         return Mismatch(name, f"a different class for {bad:.0%} of the images") if bad else None
-    if is_gradient(name):
+    if is_gradient(name) or name.startswith(relevance_name("")):  # relevance is as discontinuous at ties
         frac, l2 = deviation(got, ref)
         frac_y, l2_y = deviation(yardstick, ref) if yardstick is not None else (0.0, 0.0)
         if frac > MAX_FLIP_FRACTION + 2 * frac_y or l2 > L2_FLOOR + 2 * l2_y:

@@ -235,7 +235,7 @@ def _write_manifest(model: onnx.ModelProto, manifest: Manifest) -> None:
 
 def without_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model without its gradient branch: only the outputs that need no gradient (`logits`,
-    `class_idx_used`, each `activation.L`, Recipro-CAM's head) and the nodes they need, so that a
+    `class_idx_used`, each `activation.L`, Recipro-CAM's head; not the relevance) and the nodes they need, so that a
     plain ONNX Runtime run computes the forward pass and those heads alone. The gradient heads
     (`map.M.L`, `saliency.M` of `camrt.graph.map_heads`) go with the gradients; the manifest's
     `gradients` says false and its `maps` lists the heads kept.
@@ -246,9 +246,11 @@ def without_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
     manifest = read_manifest(model)
     gone = {m for m in manifest.maps if m in HEAD_METHODS}
     dropped = {saliency_name(m) for m in gone} | {map_name(m, la.name) for m in gone for la in manifest.layers}
+    # the layer-wise relevance (`camrt export --relevance`) is a backward pass too
+    dropped |= {la.relevance for la in manifest.layers}
     kept = [o.name for o in model.graph.output if not is_gradient(o.name) and o.name not in dropped]
     model = keep_outputs(model, kept)
-    updated = dataclasses.replace(manifest, gradients=False, input_gradient=False,
+    updated = dataclasses.replace(manifest, gradients=False, input_gradient=False, relevance=False,
                                   maps=tuple(m for m in manifest.maps if m not in gone),
                                   map_options={m: o for m, o in manifest.map_options.items() if m not in gone})
     _write_manifest(model, updated)

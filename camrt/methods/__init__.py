@@ -11,6 +11,9 @@ its copies are judged by and its number of runs. The contract (`Method`, `Option
 * ``"feature"`` (`camrt.methods.feature`): perturbed activations through the graph's tail.
 * ``"input"`` (`camrt.methods.masking`, `camrt.methods.optimisation`): masked inputs through the
   forward-only graph.
+* ``"relevance"`` (`camrt.methods.relevance`): the layer-wise relevance the graph computes
+  (`camrt export --relevance`).
+* ``"model"`` (`camrt.methods.model`): the model's own map output.
 
 This package imports numpy only (no torch, onnxruntime or cv2).
 """
@@ -21,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from camrt.errors import InputError
-from camrt.methods import eigen, feature, gradient, masking, model, optimisation, sampled
+from camrt.methods import eigen, feature, gradient, masking, model, optimisation, relevance, sampled
 from camrt.methods._core import combine, normalize, relu, softmax, upsample
 from camrt.methods.contract import Context, Family, Method, NoOptions, Options, SampleContext
 from camrt.methods.eigen import eigencam, eigengradcam
@@ -54,7 +57,7 @@ def _table(*families: tuple[Method, ...]) -> dict[str, Method]:
 
 # The order is the order of `camrt methods` and of '--method all'.
 METHODS: dict[str, Method] = _table(gradient.METHODS, eigen.METHODS, sampled.METHODS, feature.METHODS,
-                                    masking.METHODS, optimisation.METHODS, model.METHODS)
+                                    masking.METHODS, optimisation.METHODS, relevance.METHODS, model.METHODS)
 
 
 def get_method(name: str) -> Method:

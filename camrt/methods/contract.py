@@ -14,6 +14,8 @@ Families and the functions they declare:
   run in one batch with it, each explained for its source image's class; then ``map(activation,
   gradient, sample_activation, sample_gradient) -> (N, h, w)`` with the copies' activations and
   gradients reshaped to ``(N, S, C, h, w)``.
+* ``"relevance"``: ``map(activation, relevance) -> (N, h, w)``, the relevance ``(N, C, h, w)`` of
+  the explained class at the layer from the same graph run (`camrt export --relevance`).
 * ``"model"``: ``map(model_map, classes) -> (N, h, w)`` from the model's own map output
   (`camrt export --map-output`: CALM, LFI-CAM), one forward pass.
 * ``"feature"`` and ``"input"`` (perturbation): ``explore(Context, options)`` is a coroutine that
@@ -41,7 +43,7 @@ import numpy as np
 
 from camrt.errors import InputError
 
-Family = Literal["gradient", "sampled", "feature", "input", "model"]
+Family = Literal["gradient", "sampled", "feature", "input", "model", "relevance"]
 Score = Literal["logit", "probability"]
 Explore = Generator[np.ndarray, Any, np.ndarray]
 
@@ -174,7 +176,7 @@ class Method:
         ``input_gradient=True``.
     """
 
-    FAMILIES: ClassVar[tuple[str, ...]] = ("gradient", "sampled", "feature", "input", "model")
+    FAMILIES: ClassVar[tuple[str, ...]] = ("gradient", "sampled", "feature", "input", "model", "relevance")
 
     name: str
     description: str
@@ -190,7 +192,7 @@ class Method:
     input_gradient: bool = False
     _fields_needed: ClassVar[dict[str, tuple[str, ...]]] = {
         "gradient": ("map",), "sampled": ("map", "samples"), "feature": ("explore", "runs"),
-        "input": ("explore", "runs"), "model": ("map",),
+        "input": ("explore", "runs"), "model": ("map",), "relevance": ("map",),
     }
 
     def __post_init__(self) -> None:
