@@ -432,6 +432,59 @@ def triton_cmd(model: str, repository: str, name: str | None, outputs: tuple[str
     click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")
 
 
+@main.command("batch")
+@click.argument("model", type=click.Path())
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Results folder (Parquet shards); a rerun with the same folder skips what is done.")
+@click.option("-m", "--method", "methods", default="gradcam", show_default=True,
+              help="Methods separated by commas ('all' as in `camrt explain`).")
+@click.option("--layer", help="Target layer [default: the last exported].")
+@click.option("--class-idx", type=int, help="Class to explain for every image [default: each image's top-1].")
+@click.option("--workers", type=int, default=1, show_default=True, help="Actors, each holding one engine.")
+@click.option("--address", help="Join this Ray cluster ('auto', 'ray://HOST:10001') [default: a local Ray started "
+                                "in this process].")
+@click.option("--gpus-per-worker", type=float, default=0, show_default=True, help="GPUs per actor (CUDA engines).")
+@click.option("--overlays", is_flag=True, help="Also write each map over its image to OUTPUT/overlays/.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Images per actor call (one graph run).")
+@click.option("--image-column", default="image", show_default=True, help="Image column of a Parquet SOURCE.")
+@click.option("--key-column", help="Column naming each row of a Parquet SOURCE [default: 'path', or the image "
+                                   "column when it holds paths].")
+@friendly
+def batch_cmd(model: str, source: str, output: str, methods: str, layer: str | None, class_idx: int | None,
+              workers: int, address: str | None, gpus_per_worker: float, overlays: bool, batch_size: int,
+              image_column: str, key_column: str | None) -> None:
+    """Explain every image of SOURCE (a folder, glob, list of paths or URIs, or Parquet table) on Ray Data."""
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # the command's output is its own summary
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    from camrt.scale import batch
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if not sys.stderr.isatty():
+            return
+        if bar is None:
+            bar = click.progressbar(length=total, label="images", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        s = batch(model, source, output, methods, layer, class_idx, workers, address, gpus_per_worker, overlays,
+                  batch_size, image_column, key_column, progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    click.echo(f"{s.out}: {s.explained} images explained, {s.failed} failed, {s.skipped} done before (of {s.images}); "
+               f"{len(s.shards)} shards in {s.seconds:.1f} s")
+    if s.failed:
+        raise SystemExit(2)
+
+
 @main.command("eval")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())

@@ -104,6 +104,9 @@ class Engine:
             provider with every node on it (no Memcpy nodes) and fixed shapes: every run of the full
             graph is then `chunk_size` rows, smaller batches padded (same results). Perturbation
             sub-graphs run without it. Refused when the engine does not run on CUDA.
+        threads: CPU threads per operator in every session (ONNX Runtime's intra-op threads;
+            None: its default, one per physical core), for several engines on one machine
+            (`camrt batch` gives each worker its share of the cores).
 
     The engine is the only place that runs graphs: `Graphs` holds its sessions (the full graph and
     the sub-graphs cut from it), `camrt.engine.perturbation` drives the perturbation methods.
@@ -111,14 +114,17 @@ class Engine:
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", chunk_size: int = DEFAULT_CHUNK,
                  spinning: bool = True, chunk_graphs: bool | None = None, io_binding: bool | None = None,
-                 cuda_graphs: bool = False, precision: str | None = None) -> None:
+                 cuda_graphs: bool = False, precision: str | None = None, threads: int | None = None) -> None:
         path = Path(model)
         if not path.is_file():
             raise InputError(f"model file '{path}' does not exist")
         self.path = path
         self.chunk_size = positive_int(chunk_size, "chunk_size")
+        if threads is not None:
+            positive_int(threads, "threads")
         try:
-            self.graphs = Graphs(path, device, spinning=spinning, chunk_graphs=chunk_graphs, precision=precision)
+            self.graphs = Graphs(path, device, spinning=spinning, chunk_graphs=chunk_graphs, precision=precision,
+                                 threads=threads)
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files

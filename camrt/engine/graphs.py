@@ -79,12 +79,14 @@ class Graphs:
     """
 
     def __init__(self, path: str | os.PathLike, device: str, spinning: bool = True,
-                 chunk_graphs: bool | None = None, precision: str | None = None) -> None:
+                 chunk_graphs: bool | None = None, precision: str | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         self.device = device
         self.precision = precision
+        self.threads = threads
         self.chunk_graphs = chunk_graphs
-        self.full: ort.InferenceSession = open_session(self.path, device, spinning=spinning, precision=precision)
+        self.full: ort.InferenceSession = open_session(self.path, device, spinning=spinning, precision=precision,
+                                                       threads=threads)
         self._proto: onnx.ModelProto | None = None
         self._forward: ort.InferenceSession | None = None
         self._activations: ort.InferenceSession | None = None
@@ -105,7 +107,8 @@ class Graphs:
         self._chunk_graphs = value
 
     def _open(self, model: onnx.ModelProto) -> ort.InferenceSession:
-        return open_session(model.SerializeToString(), self.device, spinning=False, precision=self.precision)
+        return open_session(model.SerializeToString(), self.device, spinning=False, precision=self.precision,
+                            threads=self.threads)
 
     def proto(self) -> onnx.ModelProto:
         """The model file as a ModelProto, read once for all the sub-graphs cut from it."""

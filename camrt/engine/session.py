@@ -170,7 +170,8 @@ def required_inputs(model: str | os.PathLike | bytes) -> bytes:
 
 
 def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning: bool = True,
-                 precision: str | None = None, cuda_graph: bool = False) -> ort.InferenceSession:
+                 precision: str | None = None, cuda_graph: bool = False, threads: int | None = None
+                 ) -> ort.InferenceSession:
     """An inference session on `model` (a path or serialized bytes), errors only in ORT's log.
 
     `spinning=False` stops the session's worker threads from spinning after a run: sessions that
@@ -180,7 +181,9 @@ def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning
     inputs with a default (`class_idx`) must be fed: see `required_inputs`.
     `cuda_graph=True`: the CUDA provider captures the first runs in a CUDA graph and replays it
     (its `enable_cuda_graph`; runs must then go through IO binding at fixed addresses:
-    `camrt.engine.binding.FixedBatch`). No effect when the session does not run on CUDA."""
+    `camrt.engine.binding.FixedBatch`). No effect when the session does not run on CUDA.
+    `threads`: the CPU threads of one operator (ONNX Runtime's intra-op threads; None: its default,
+    one per physical core), for several engines sharing a machine (`camrt batch` workers)."""
     providers = providers_for(device, precision)
     if cuda_graph and providers[0] == "CUDAExecutionProvider":
         providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), *providers[1:]]
@@ -188,6 +191,8 @@ def open_session(model: str | os.PathLike | bytes, device: str = "cpu", spinning
     opts.log_severity_level = 3  # the default-class_idx initializer warning is expected
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        opts.intra_op_num_threads = threads
     src = model if isinstance(model, bytes) else str(model)
     if device == "openvino":
         src = required_inputs(src)

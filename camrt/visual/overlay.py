@@ -150,7 +150,14 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image '{p}' does not exist")
-    data = np.fromfile(p, dtype=np.uint8)
+    return decode_image(np.fromfile(p, dtype=np.uint8), str(p))
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "image") -> tuple[np.ndarray, str | None]:
+    """`read_image` of an encoded image in memory (the bytes of a PNG, JPEG, ... file); `name` is
+    what its errors call it."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    p = name
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores the orientation tag, which any other
     # flags apply; a JPEG has no alpha, so it is decoded with those (gray and depth still kept).
     jpeg = data[:3].tobytes() == _JPEG
