@@ -16,7 +16,16 @@ python tools/read_outputs.py "$out/efficientnet_lite0.cam.onnx"
 camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method all,relevancecam -o "$out/explained"
 camrt explain "$out/efficientnet_lite0.cam.onnx" "$out/photos" --method scorecam,abscam-final,ablationcam,reciprocam,groupcam \
     -o "$out/perturbation"
+# Models that give their own map (CALM, LFI-CAM, trained on the shapes benchmark): the map they
+# serve beside Grad-CAM's, on held-out images (out/own-maps/*/shape_*.grid.png).
+python -m models.shapes write "$out/shapes" --n 3 --seed 4
+for m in calm lfi; do
+    camrt export "models/shapes_$m.pt" --arch "models.shapes_$m:build" --layer backbone.block5 --output-index logits \
+        --map-output cam --input-shape 1,3,128,128 --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25 \
+        --labels "$out/shapes/labels.txt" -o "$out/shapes_$m.cam.onnx"
+    camrt explain "$out/shapes_$m.cam.onnx" "$out"/shapes/shape_000?.png --method model-map,gradcam -o "$out/own-maps/$m"
+done
 python tools/write_clip.py "$out/clip.mp4" --frames 100
 camrt video "$out/efficientnet_lite0.cam.onnx" "$out/clip.mp4" -o "$out/explained.mp4" --method gradcam --batch 4
 echo "overlays: $out/explained/*.png and $out/perturbation/*.png (one per photo and method; *.grid.png side by"
-echo "side); video: $out/explained.mp4"
+echo "side); own maps of CALM and LFI-CAM: $out/own-maps/; video: $out/explained.mp4"
