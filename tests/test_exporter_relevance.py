@@ -214,15 +214,17 @@ def test_relevance_is_refused_with_target_mode_and_fp16(tmp_path):
                          input_shape=(1, 3, SIZE, SIZE), relevance=True, **kw)
 
 
-def test_relevancecam_needs_a_model_exported_with_relevance(tmp_path, exported):
-    model, layers, path, _ = exported
+def test_relevancecam_needs_a_model_exported_with_relevance(tmp_path):
     plain = tmp_path / "plain.onnx"
-    camrt.export(model, layers=layers[-1:], path=plain, input_shape=(1, 3, SIZE, SIZE))
+    camrt.export(_model(VGGish), layers=["features.6"], path=plain, input_shape=(1, 3, SIZE, SIZE))
     image = np.zeros((SIZE, SIZE, 3), np.uint8)
     with pytest.raises(InputError, match=r"lacks; re-export the model with `camrt export --relevance`"):
         Engine(plain).explain([image], method="relevancecam")
-    # without the gradient branch the relevance goes too, and the manifest says so
-    bare = without_gradients(onnx.load(str(path)))
+
+
+def test_without_gradients_drops_the_relevance(exported):
+    """`camrt add-maps --no-gradients`: the relevance (a backward pass) goes with the gradients."""
+    bare = without_gradients(onnx.load(str(exported[2])))
     assert not read_manifest(bare).relevance
     assert not [o.name for o in bare.graph.output if o.name.startswith("relevance.")]
 

@@ -175,24 +175,28 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _decode_row(row: dict, size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
-                keep: bool) -> dict:
-    """Ray Data task: read, decode and preprocess one image; an error becomes the row's `error`."""
+def _decode(rows: dict, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], keep: bool) -> dict:
+    """Ray Data task on a batch of rows: read, decode and preprocess each image; an error becomes
+    the row's `error` (and its input zeros)."""
     from camrt.engine.preprocess import preprocess
     from camrt.manifest import Preprocessing
     from camrt.visual.overlay import decode_image
 
-    key, path, data = row["key"], row["path"], row["data"]
-    out = {"key": key, "path": path, "data": b"", "error": "",
-           "x": np.zeros((len(mean), *size), np.float32)}
-    try:
-        raw = data if data else _read_bytes(path)
-        image, _ = decode_image(raw, path or key)
-        out["x"] = preprocess([image], size, Preprocessing(tuple(mean), tuple(std)))[0]
-        out["data"] = bytes(raw) if keep else b""
-    except (CamrtError, OSError, ValueError) as e:
-        out["error"] = str(e) if isinstance(e, CamrtError) else f"cannot read '{path or key}': {e}"
-    return out
+    prep = Preprocessing(tuple(mean), tuple(std))
+    n = len(rows["key"])
+    x = np.zeros((n, len(mean), *size), np.float32)
+    errors, kept = [""] * n, [b""] * n
+    for i in range(n):
+        key, path, data = str(rows["key"][i]), str(rows["path"][i]), rows["data"][i]
+        try:
+            raw = data if data else _read_bytes(path)
+            image, _ = decode_image(raw, path or key)
+            x[i] = preprocess([image], size, prep)[0]
+            kept[i] = bytes(raw) if keep else b""
+        except (CamrtError, OSError, ValueError) as e:
+            errors[i] = str(e) if isinstance(e, CamrtError) else f"cannot read '{path or key}': {e}"
+    return {"key": rows["key"], "path": rows["path"], "data": np.array(kept, dtype=object),
+            "error": np.array(errors, dtype=object), "x": x}
 
 
 class _Explainer:
@@ -202,7 +206,8 @@ class _Explainer:
                  class_idx: int | None, device: str, threads: int | None, overlay_dir: str | None) -> None:
         from camrt.engine import Engine
 
-        self.engine = Engine(model, device=device, threads=threads)
+        # no spinning: the decode tasks share the cores, and spinning threads would starve them
+        self.engine = Engine(model, device=device, threads=threads, spinning=False)
         self.methods, self.layer, self.class_idx = list(methods), layer, class_idx
         self.overlay_dir = overlay_dir
 
@@ -349,8 +354,8 @@ def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
             # its share of the physical cores.
             total = float(ray.cluster_resources().get("CPU", 1))
             share = max(0.25, (total - 1 - DECODE_CPUS) / workers)
-            ds = ds.map(_decode_row, num_cpus=DECODE_CPUS,
-                        fn_kwargs={"size": size, "mean": prep.mean, "std": prep.std, "keep": overlays})
+            ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
+                                fn_kwargs={"size": size, "mean": prep.mean, "std": prep.std, "keep": overlays})
             ds = ds.map_batches(
                 _Explainer, batch_size=batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=workers),
