@@ -254,3 +254,18 @@ def _png(tmp_path) -> str:
     p = tmp_path / "img.png"
     write_image(p, np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
     return str(p)
+
+
+def test_perturbation_methods_on_a_model_with_relevance(exported, tmp_path):
+    """The relevance rules share weights with the forward pass (a transposed or clamped weight the
+    optimiser keeps as a node): the tail the feature methods run must compute such tensors itself,
+    not take them as batch inputs crossing the cut. Maps equal those of the same model exported
+    without --relevance."""
+    model, layers, path, _ = exported
+    plain = tmp_path / "plain.onnx"
+    camrt.export(model, layers=layers[-1:], path=plain, input_shape=(1, 3, SIZE, SIZE))
+    images = [np.random.default_rng(s).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for s in (3, 4)]
+    for method in ("ablationcam", "reciprocam", "scorecam"):
+        got = Engine(path).explain(images, method, layer=layers[-1])
+        want = Engine(plain).explain(images, method)
+        assert np.allclose(got.low_res, want.low_res, atol=1e-5 * max(1.0, float(np.abs(want.low_res).max()))), method

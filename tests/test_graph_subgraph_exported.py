@@ -50,3 +50,26 @@ def test_tail_from_activation_reproduces_logits(resnet18_cam, layer: str) -> Non
     # Perturbing the activation changes the logits through the tail (it is not a constant).
     feed[f"activation.{layer}"] = act * 0.5
     assert np.abs(_run(sub, feed)[0] - logits).max() > 1e-3
+
+
+def test_tail_computes_what_does_not_depend_on_the_input() -> None:
+    """A weight transposed by a node (the optimiser keeps such a node when several branches share
+    the weight, as Relevance-CAM's rules do on EfficientNet-Lite0's classifier) is computed inside
+    the tail, not taken as an input crossing the cut: the engine feeds crossing tensors one row per
+    copy, and a weight has no rows."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4) / 10, "w")
+    nodes = [helper.make_node("Relu", ["input"], ["activation.L"]),
+             helper.make_node("Transpose", ["w"], ["t"]),
+             helper.make_node("MatMul", ["activation.L", "t"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("activation.L", TensorProto.FLOAT, ["N", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    cut, crossing = tail(model, "L")
+    assert crossing == []
+    a = np.random.default_rng(0).random((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(cut, {"activation.L": a})[0], a @ (np.arange(12).reshape(3, 4) / 10).T,
+                               rtol=1e-6)

@@ -126,17 +126,25 @@ def tail(model: onnx.ModelProto, layer: str) -> tuple[onnx.ModelProto, list[str]
             if i not in down:
                 down.add(i)
                 todo += list(g.node[i].output)
-    # ...that the logits need, plus the constants they read.
+    # ...that the logits need, plus the constants they read: Constant nodes, and any node whose
+    # value does not depend on the graph's inputs (a weight transposed or clamped once, which the
+    # optimiser leaves as a node when several branches share it, as the relevance rules do).
     head = head_output(model)
     ids = down & _ancestors(g, [head], stop={act})
     produced = {t for i in ids for t in g.node[i].output}
     init_names = {t.name for t in g.initializer}
-    for i in list(ids):
-        for t in g.node[i].input:
+    varying = {i.name for i in g.input}
+    for node in g.node:
+        if any(t in varying for t in node.input):
+            varying.update(node.output)
+    todo_nodes = list(ids)
+    while todo_nodes:
+        for t in g.node[todo_nodes.pop()].input:
             j = prod.get(t)
-            if j is not None and t not in produced and not g.node[j].input:  # a Constant node
+            if j is not None and t not in produced and t not in varying:
                 ids.add(j)
                 produced.update(g.node[j].output)
+                todo_nodes.append(j)
     boundary: list[str] = []
     for i in sorted(ids):
         for t in g.node[i].input:
