@@ -231,3 +231,12 @@ def contrastive_seed(logits: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
     onehot = (torch.arange(k, device=logits.device) == used[:, None]).to(logits.dtype)
     t = onehot - (1 - onehot) / k
     return _safe_divide(t, logits.detach())
+
+
+def relevances(logits: torch.Tensor, used: torch.Tensor, acts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each activation's relevance A ⊙ c for the classes `used`: the modified backward pass from
+    the contrastive seed, through the `_Rule` outputs of a forward run inside `rules` (the
+    forward's graph must still be alive: the caller's gradient pass keeps it with retain_graph)."""
+    with relevance_mode():
+        cs = torch.autograd.grad(logits, list(acts), contrastive_seed(logits, used))
+    return [a * c for a, c in zip(acts, cs, strict=True)]

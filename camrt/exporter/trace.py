@@ -247,10 +247,7 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
                 grads = torch.autograd.grad(score, wrt, retain_graph=relevance is not None)
                 relevances: tuple[torch.Tensor, ...] = ()
                 if relevance is not None:
-                    seed = lrp.contrastive_seed(logits, used)
-                    a = [acts[la.name] for la in layers]
-                    with lrp.relevance_mode():
-                        relevances = tuple(t * c for t, c in zip(a, torch.autograd.grad(logits, a, seed), strict=True))
+                    relevances = tuple(lrp.relevances(logits, used, [acts[la.name] for la in layers]))
         finally:
             for h in handles:
                 h.remove()

@@ -123,10 +123,7 @@ def _eager(model: nn.Module, x: torch.Tensor, class_idx: torch.Tensor, layers: S
                                             retain_graph=relevance is not None)
                 names = (LOGITS, CLASS_IDX_USED)
                 if relevance is not None:
-                    a = [acts[la.name] for la in layers]
-                    with lrp.relevance_mode():
-                        cs = torch.autograd.grad(logits, a, lrp.contrastive_seed(logits, used))
-                    relevances = [t.detach() * c for t, c in zip(a, cs, strict=True)]
+                    relevances = [r.detach() for r in lrp.relevances(logits, used, [acts[la.name] for la in layers])]
     finally:
         for h in handles:
             h.remove()
