@@ -17,6 +17,8 @@ import click
 
 from camrt.errors import CamrtError
 from camrt.manifest import DEFAULT_OPSET, OPSETS
+from camrt.scale.serve import DEFAULT_MAX_BYTES as DEFAULT_SERVE_BYTES
+from camrt.scale.serve import DEFAULT_MAX_IMAGES as DEFAULT_SERVE_IMAGES
 
 if TYPE_CHECKING:  # camrt.video imports cv2, which only `camrt video` may load
     from camrt.video import VideoSummary
@@ -483,6 +485,47 @@ def batch_cmd(model: str, source: str, output: str, methods: str, layer: str | N
                f"{len(s.shards)} shards in {s.seconds:.1f} s")
     if s.failed:
         raise SystemExit(2)
+
+
+@main.command("serve")
+@click.argument("model", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("-m", "--method", default="gradcam", show_default=True, help="Method of requests that name none.")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Copies of the service, each with one engine.")
+@click.option("--gpus-per-replica", type=float, default=0, show_default=True, help="GPUs per replica (CUDA engines).")
+@click.option("--max-batch-size", type=int, default=8, show_default=True,
+              help="Images of concurrent requests run in one graph run, at most this many.")
+@click.option("--batch-wait-ms", type=float, default=10, show_default=True,
+              help="How long a batch waits to fill.")
+@click.option("--max-bytes", type=int, default=DEFAULT_SERVE_BYTES, show_default=True,
+              help="Largest request body (413 above).")
+@click.option("--max-images", type=int, default=DEFAULT_SERVE_IMAGES, show_default=True,
+              help="Most images in one request (413 above).")
+@click.option("--address", help="Join this Ray cluster [default: a local Ray started in this process].")
+@friendly
+def serve_cmd(model: str, host: str, port: int, method: str, replicas: int, gpus_per_replica: float,
+              max_batch_size: int, batch_wait_ms: float, max_bytes: int, max_images: int, address: str | None) -> None:
+    """Serve MODEL over HTTP on Ray Serve: POST /explain an image, get its prediction and map (Ctrl-C stops)."""
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_SERVE_LOG_LEVEL", "ERROR")  # the command's output is its own lines
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    from camrt.scale.serve import serve
+
+    s = serve(model, host, port, method, replicas, gpus_per_replica, max_batch_size, batch_wait_ms, max_bytes,
+              max_images, address)
+    click.echo(f"serving {Path(model).name} at {s.url}/ ({s.replicas} replica{'s' if s.replicas > 1 else ''}): "
+               f"POST {s.url}/explain, GET {s.url}/healthz, {s.url}/readyz; Ctrl-C stops")
+    sys.stdout.flush()
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `docker stop`, `kill`: stop as Ctrl-C does, Ray included
+    s.wait()
 
 
 @main.command("eval")

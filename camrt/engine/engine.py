@@ -74,6 +74,13 @@ class Pass:
     seconds: float
     target: Target | None = None  # target mode: what was explained (outputs[TARGET] holds its vector)
 
+    def rows(self, index: Sequence[int] | np.ndarray) -> Pass:
+        """The pass of the images `index` only (their inputs and every output's rows; what stayed on
+        the device is copied to the host). `seconds` stays the whole run's."""
+        idx = np.asarray(index, dtype=np.int64)
+        return Pass(self.x[idx], {k: np.asarray(self.outputs[k])[idx] for k in self.outputs}, self.seconds,
+                    self.target)
+
 
 class Engine:
     """Run a model exported by `camrt export` and turn its outputs into CAMs.

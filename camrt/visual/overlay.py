@@ -190,14 +190,37 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
             "No space left on device").
     """
     p = Path(path)
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    data = encode_image(image, p.suffix or ".png")
     try:
-        ok, buf = cv2.imencode(p.suffix or ".png", bgr)
+        write_bytes(p, data)
+    except OSError as e:
+        raise InputError(f"cannot write '{p}': {e.strerror or e}") from e
+
+
+def encode_image(image: np.ndarray, suffix: str = ".png") -> bytes:
+    """The bytes of `image` (RGB uint8 H×W×3, or gray H×W) encoded in the format of `suffix`.
+
+    Raises:
+        InputError: no encoder for the suffix.
+    """
+    img = np.asarray(image)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    try:
+        ok, buf = cv2.imencode(suffix, bgr)
     except cv2.error:  # OpenCV raises, rather than returning False, for an extension it has no encoder for
         ok = False
     if not ok:
-        raise InputError(f"cannot encode an image as '{p.suffix}'")
-    try:
-        write_bytes(p, buf.tobytes())
-    except OSError as e:
-        raise InputError(f"cannot write '{p}': {e.strerror or e}") from e
+        raise InputError(f"cannot encode an image as '{suffix}'")
+    return buf.tobytes()
+
+
+def gray(saliency: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An h×w map in [0, 1] as an 8-bit gray image, ``round(255 · clip(v, 0, 1))``, resized to
+    `size` (w, h) as `colorize` resizes its colours (bilinear, half-pixel centres)."""
+    s = np.asarray(saliency, dtype=np.float32)
+    if s.ndim != 2:
+        raise InputError(f"saliency must be one H×W map, got shape {s.shape}")
+    levels = (np.clip(s, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if size is not None and size != (s.shape[1], s.shape[0]):
+        levels = cv2.resize(levels, size, interpolation=cv2.INTER_LINEAR)
+    return levels
