@@ -443,7 +443,9 @@ def triton_cmd(model: str, repository: str, name: str | None, outputs: tuple[str
               help="Methods separated by commas ('all' as in `camrt explain`).")
 @click.option("--layer", help="Target layer [default: the last exported].")
 @click.option("--class-idx", type=int, help="Class to explain for every image [default: each image's top-1].")
-@click.option("--workers", type=int, default=1, show_default=True, help="Actors, each holding one engine.")
+@click.option("--workers", type=int, help="Actors, each holding one engine [default: one per CPU of the cluster, "
+                                          "one ONNX Runtime thread each; with --gpus-per-worker, as many as the GPUs "
+                                          "hold].")
 @click.option("--address", help="Join this Ray cluster ('auto', 'ray://HOST:10001') [default: a local Ray started "
                                 "in this process].")
 @click.option("--gpus-per-worker", type=float, default=0, show_default=True, help="GPUs per actor (CUDA engines).")
@@ -454,7 +456,7 @@ def triton_cmd(model: str, repository: str, name: str | None, outputs: tuple[str
                                    "column when it holds paths].")
 @friendly
 def batch_cmd(model: str, source: str, output: str, methods: str, layer: str | None, class_idx: int | None,
-              workers: int, address: str | None, gpus_per_worker: float, overlays: bool, batch_size: int,
+              workers: int | None, address: str | None, gpus_per_worker: float, overlays: bool, batch_size: int,
               image_column: str, key_column: str | None) -> None:
     """Explain every image of SOURCE (a folder, glob, list of paths or URIs, or Parquet table) on Ray Data."""
     import logging
@@ -482,7 +484,7 @@ def batch_cmd(model: str, source: str, output: str, methods: str, layer: str | N
         if bar is not None:
             bar.__exit__(None, None, None)
     click.echo(f"{s.out}: {s.explained} images explained, {s.failed} failed, {s.skipped} done before (of {s.images}); "
-               f"{len(s.shards)} shards in {s.seconds:.1f} s")
+               f"{len(s.shards)} shards in {s.seconds:.1f} s, {s.workers} worker{'s' if s.workers != 1 else ''}")
     if s.failed:
         raise SystemExit(2)
 

@@ -90,14 +90,24 @@ def test_folder_results_equal_the_engine_and_a_rerun_resumes(local_ray, model, t
     assert len(read_results(out)) == 14 * 2 + 1  # nothing twice
 
 
-def test_two_workers_give_the_same_rows(local_ray, model, tmp_path):
+def test_workers_and_decode_tasks_give_the_same_rows(local_ray, model, tmp_path):
     _images(tmp_path / "in", 10)
-    one = _by_key(read_results(batch(model, tmp_path / "in", tmp_path / "a", "gradcam", batch_size=3).out))
-    two = _by_key(read_results(batch(model, tmp_path / "in", tmp_path / "b", "gradcam", workers=2,
-                                     batch_size=3).out))
-    assert one.keys() == two.keys()
-    for k in one:
-        assert one[k]["class"] == two[k]["class"] and np.allclose(one[k]["map"], two[k]["map"], atol=1e-6)
+    s = batch(model, tmp_path / "in", tmp_path / "a", "gradcam", workers=1, batch_size=3)
+    assert s.workers == 1
+    one = _by_key(read_results(s.out))
+    auto = batch(model, tmp_path / "in", tmp_path / "b", "gradcam", batch_size=3)
+    assert auto.workers == 2  # by default one per CPU (the module's Ray has 2)
+    tasks = batch(model, tmp_path / "in", tmp_path / "c", "gradcam", workers=1, batch_size=3, decode_tasks=True)
+    for other in (_by_key(read_results(auto.out)), _by_key(read_results(tasks.out))):
+        assert one.keys() == other.keys()
+        for k in one:
+            assert one[k]["class"] == other[k]["class"] and np.allclose(one[k]["map"], other[k]["map"], atol=1e-6)
+
+
+def test_gpu_workers_on_a_cluster_without_gpus_are_refused(local_ray, model, tmp_path):
+    _images(tmp_path / "in", 2)
+    with pytest.raises(InputError, match="need 1 GPUs, and the Ray cluster has 0"):
+        batch(model, tmp_path / "in", tmp_path / "out", "gradcam", gpus_per_worker=1)
 
 
 def test_list_of_paths_and_uris_glob_and_overlays(local_ray, model, tmp_path):

@@ -1,5 +1,5 @@
 """`camrt batch` against a plain loop over `Engine.explain` on one machine (issue 15), side by side
-in one run: images per second and the ratio, with 1 and 2 workers.
+in one run: images per second and the ratio, with 1 worker and with the default (one per core).
 
     python tools/bench_batch.py [--images 2000] [--batch 16] [--workdir out/bench_batch]
 
@@ -80,16 +80,18 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     start = time.perf_counter() - t0
-    print(f"{len(paths)} images, batch {a.batch}; Ray's start {start:.1f} s (not counted below)", flush=True)
+    print(f"{len(paths)} images, batch {a.batch}, {os.cpu_count()} CPUs; Ray's start {start:.1f} s (not counted below)",
+          flush=True)
     rows = {}
     for rnd in range(2):  # alternating rounds; the best of each kept
         rows.setdefault("loop", []).append(_loop(model, paths, a.batch))
-        for w in (1, 2):
+        for w in (1, None):  # one worker (with every core's thread), and the default (one per core)
             out = a.workdir / f"out{w}"
             shutil.rmtree(out, ignore_errors=True)
             s = batch(model, listing, out, "gradcam", workers=w, batch_size=a.batch)
             assert s.explained == len(paths), s
-            rows.setdefault(f"batch, {w} worker{'s' if w > 1 else ''}", []).append(s.seconds)
+            label = f"batch, {s.workers} worker{'s' if s.workers > 1 else ''}{' (default)' if w is None else ''}"
+            rows.setdefault(label, []).append(s.seconds)
         print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in rows.items()), flush=True)
     ray.shutdown()
     base = min(rows["loop"])

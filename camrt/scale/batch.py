@@ -13,7 +13,11 @@ row. The pipeline (Ray Data, a local Ray started in-process unless `address` joi
    with its error, never the end of the job;
 3. `workers` actors each hold one `Engine` (with `gpus_per_worker` GPUs each, or a share of the
    CPUs: its ONNX Runtime threads are limited to that share) and explain their batches: one graph
-   run, then every method from it;
+   run, then every method from it. By default one actor per CPU of the cluster (one ONNX Runtime
+   thread each: on 2 cores two single-threaded engines explained 1.3× the images per second of one
+   two-threaded engine, docs/benchmarks.md), or per `gpus_per_worker` GPUs. CPU actors read and
+   decode their own rows (step 2 inside the actor: the cores are shared anyway, and the decoded
+   inputs then never cross the object store); GPU actors are fed by decode tasks on the CPUs;
 4. the driver writes the results as Parquet shards `OUT/part-<run>-<n>.parquet`, each written
    completely or not at all (`camrt.atomic`), so a job stopped at any point leaves only whole
    shards, and a rerun with the same OUT skips every key already in one.
@@ -203,8 +207,11 @@ class _Explainer:
     """Ray Data actor: one `Engine`, explaining each batch with one graph run and every method."""
 
     def __init__(self, model: str, methods: Sequence[str], layer: str | Sequence[str] | None,
-                 class_idx: int | None, device: str, threads: int | None, overlay_dir: str | None) -> None:
+                 class_idx: int | None, device: str, threads: int | None, overlay_dir: str | None,
+                 decode: dict | None = None) -> None:
         from camrt.engine import Engine
+
+        self.decode = decode  # `_decode`'s arguments when this actor decodes its own rows
 
         # no spinning: the decode tasks share the cores, and spinning threads would starve them
         self.engine = Engine(model, device=device, threads=threads, spinning=False)
@@ -223,6 +230,8 @@ class _Explainer:
                          ("inference_s", t_inf), ("method_s", t_m), ("overlay", ov), ("error", error)):
                 rows[k].append(v)
 
+        if self.decode is not None:
+            batch = _decode(batch, **self.decode)
         keys, paths, errors = batch["key"], batch["path"], batch["error"]
         good = np.flatnonzero(errors == "")
         for i in np.flatnonzero(errors != ""):
@@ -275,13 +284,15 @@ class BatchSummary:
     failed: int
     shards: list[Path]
     seconds: float
+    workers: int
 
 
 def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike,
           methods: str | Sequence[str] = "gradcam", layer: str | Sequence[str] | None = None,
-          class_idx: int | None = None, workers: int = 1, address: str | None = None, gpus_per_worker: float = 0,
-          overlays: bool = False, batch_size: int = 16, image_column: str = "image", key_column: str | None = None,
-          progress: Callable[[int, int], None] | None = None) -> BatchSummary:
+          class_idx: int | None = None, workers: int | None = None, address: str | None = None,
+          gpus_per_worker: float = 0, overlays: bool = False, batch_size: int = 16, image_column: str = "image",
+          key_column: str | None = None,
+          progress: Callable[[int, int], None] | None = None, decode_tasks: bool | None = None) -> BatchSummary:
     """Explain every image of `source` not already in `out` with `methods`, on Ray Data (module
     docstring), and write the results to `out` as Parquet shards.
 
@@ -291,7 +302,8 @@ def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
         out: the results folder (created; a rerun with the same folder resumes).
         methods: gradient-family and other methods by name, as `camrt explain --method`.
         layer, class_idx: as `Engine.explain` (None: the last layer; each image's top-1 class).
-        workers: explaining actors, each with one Engine.
+        workers: explaining actors, each with one Engine; None: one per CPU of the cluster, or with
+            `gpus_per_worker` as many as its GPUs hold.
         address: a Ray cluster to join ("auto", "ray://host:10001", ...); None starts a local Ray
             in this process (and stops it at the end).
         gpus_per_worker: GPUs per actor (its Engine then asks for CUDA); 0 runs on the CPU.
@@ -299,6 +311,8 @@ def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
         batch_size: images per actor call (one graph run).
         image_column, key_column: of a Parquet source (`list_source`).
         progress: called as progress(done, total) with images done after each shard is written.
+        decode_tasks: read and decode the images in tasks of their own (True) or inside the
+            explaining actors (False); None: tasks for GPU actors, inside the actors on CPUs.
 
     Raises:
         InputError: a bad argument, model, method, layer or source, before Ray starts.
@@ -308,7 +322,7 @@ def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
     from camrt.explain import resolve_methods
 
     t0 = time.perf_counter()
-    workers = positive_int(workers, "--workers")
+    workers = None if workers is None else positive_int(workers, "--workers")
     batch_size = positive_int(batch_size, "--batch-size")
     if isinstance(gpus_per_worker, bool) or not isinstance(gpus_per_worker, (int, float)) or gpus_per_worker < 0:
         raise InputError(f"--gpus-per-worker must be a number >= 0, got {gpus_per_worker!r}")
@@ -353,9 +367,13 @@ def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
             # that nothing waits forever for the actors' share; each actor's ONNX Runtime threads are
             # its share of the physical cores.
             total = float(ray.cluster_resources().get("CPU", 1))
+            workers = _workers(workers, total, float(ray.cluster_resources().get("GPU", 0)), gpus_per_worker)
             share = max(0.25, (total - 1 - DECODE_CPUS) / workers)
-            ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
-                                fn_kwargs={"size": size, "mean": prep.mean, "std": prep.std, "keep": overlays})
+            decode = {"size": size, "mean": prep.mean, "std": prep.std, "keep": overlays}
+            tasks = bool(gpus_per_worker) if decode_tasks is None else bool(decode_tasks)
+            if tasks:  # decode tasks on the CPUs feed the actors (GPU actors by default)
+                ds = ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
+                                    fn_kwargs=decode)
             ds = ds.map_batches(
                 _Explainer, batch_size=batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=workers),
@@ -363,7 +381,7 @@ def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
                 fn_constructor_kwargs={"model": str(Path(model).resolve()), "methods": names, "layer": layer,
                                        "class_idx": class_idx, "device": "cuda" if gpus_per_worker else "cpu",
                                        "threads": None if gpus_per_worker else max(1, round(total / workers)),
-                                       "overlay_dir": overlay_dir})
+                                       "overlay_dir": overlay_dir, "decode": None if tasks else decode})
             run = uuid.uuid4().hex[:8]
             seen: set[str] = set()
             pa, pq = _pyarrow()
@@ -387,7 +405,20 @@ def batch(model: str | os.PathLike, source: str | os.PathLike, out: str | os.Pat
     finally:
         if started:
             ray.shutdown()
-    return BatchSummary(out, len(done) + todo, len(done), explained, failed, written, time.perf_counter() - t0)
+    return BatchSummary(out, len(done) + todo, len(done), explained, failed, written, time.perf_counter() - t0,
+                        workers or 0)
+
+
+def _workers(workers: int | None, cpus: float, gpus: float, gpus_per_worker: float) -> int:
+    """The actors to start: `workers`, or by default one per CPU (or per `gpus_per_worker` GPUs);
+    refused when the cluster has fewer GPUs than one actor asks for (it would wait forever)."""
+    if gpus_per_worker and gpus < gpus_per_worker * (workers or 1):
+        raise InputError(f"{workers or 1} worker(s) with --gpus-per-worker {gpus_per_worker:g} need "
+                         f"{gpus_per_worker * (workers or 1):g} GPUs, and the Ray cluster has {gpus:g}; "
+                         "give fewer workers or GPUs per worker, or leave --gpus-per-worker out for CPU workers")
+    if workers is not None:
+        return workers
+    return max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else max(1, int(cpus))
 
 
 def _dataset(ray, src: Source, done: set[str]):
