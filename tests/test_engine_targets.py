@@ -270,12 +270,29 @@ def test_lraspp_mobilenet_v3_in_target_mode(tmp_path) -> None:
     (ArrayTarget(np.ones((2, 2))), "the target has shape (2, 2)"),
     (SimilarityTarget(np.ones(D)), "a similarity target needs an N×D output"),
     ("class 1", "target must be a camrt.engine.targets builder"),
+    # finite in float64, infinite in the model's float32: the engine does not sum such vectors again
+    (RegionTarget(1, np.full((SIZE, SIZE), 1e300)), "the mask's values overflow float32"),
+    (ArrayTarget(np.full((K, SIZE, SIZE), -1e300)), "the target array's values overflow float32"),
 ])
 def test_bad_targets_are_one_line_errors(segmenter, target, message) -> None:
     _, path, _ = segmenter
     with pytest.raises(InputError) as e:
         Engine(path, device="cpu").explain(images(11), "gradcam", target=target)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_builder_of_its_own_with_a_non_finite_vector_is_refused(segmenter) -> None:
+    class Broken(ClassTarget):  # a user's builder: its vector is checked by the engine
+        finite_vector = False
+
+        def vector(self, output, shape, n):
+            v = super().vector(output, shape, n)
+            v[-1, 0, 0, 0] = np.nan
+            return v
+
+    _, path, _ = segmenter
+    with pytest.raises(InputError, match="NaN or infinite values for image 1"):
+        Engine(path, device="cpu").explain(images(12)[:2], "gradcam", target=Broken(1))
 
 
 def test_wrong_contract_and_options_are_refused(segmenter, embedder, tmp_path) -> None:

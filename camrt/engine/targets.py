@@ -46,6 +46,9 @@ class Target:
 
     needs_output: bool = False
     linear: bool = True  # score(output) = Σ vector ⊙ output: the graph's own `score` is the target's
+    # vector() is finite by construction (its inputs checked in float32): the engine skips its own
+    # check of the vector (a sum over N × the output's size per call)
+    finite_vector: bool = False
 
     def check(self, shape: tuple[int, ...]) -> None:
         """InputError when the target cannot apply to an output of `shape` per image (before any run)."""
@@ -74,6 +77,7 @@ class ClassTarget(Target):
     """Class `k`'s score: ``output[k]`` (summed over every pixel of a dense output)."""
 
     k: int
+    finite_vector = True
 
     def check(self, shape: tuple[int, ...]) -> None:
         _class(self.k, shape)
@@ -91,6 +95,7 @@ class RegionTarget(Target):
 
     k: int
     mask: np.ndarray | None = None
+    finite_vector = True
 
     @property
     def needs_output(self) -> bool:  # type: ignore[override]
@@ -117,7 +122,12 @@ class RegionTarget(Target):
         numeric = mask.dtype == bool or np.issubdtype(mask.dtype, np.number)
         if not numeric or not np.isfinite(mask.astype(float)).all():
             raise InputError("the mask must hold booleans or finite numbers")
-        v[:, k] = mask.astype(np.float32)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, not warned about
+            weights = mask.astype(np.float32)
+        if not np.isfinite(weights).all():
+            raise InputError("the mask's values overflow float32 (the model's precision); give weights of at most "
+                             "about 3.4e38")
+        v[:, k] = weights
         return v
 
 
@@ -234,17 +244,21 @@ class ArrayTarget(Target):
     """A vector given as an array: ``shape`` (one for all images) or ``(n, *shape)``."""
 
     array: np.ndarray
+    finite_vector = True
 
     def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
         a = np.asarray(self.array)
         if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
             raise InputError("the target array must hold finite numbers")
-        if a.shape == shape:
-            return np.broadcast_to(a.astype(np.float32), (n, *shape)).copy()
-        if a.shape == (n, *shape):
-            return a.astype(np.float32)
-        raise InputError(f"the target has shape {a.shape}; the model's output is {shape} per image: give one of "
-                         f"that shape, or {n} of them ({(n, *shape)})")
+        if a.shape not in (shape, (n, *shape)):
+            raise InputError(f"the target has shape {a.shape}; the model's output is {shape} per image: give one "
+                             f"of that shape, or {n} of them ({(n, *shape)})")
+        with np.errstate(over="ignore"):  # an overflow is refused just below, not warned about
+            v = a.astype(np.float32)
+        if not np.isfinite(v).all():
+            raise InputError("the target array's values overflow float32 (the model's precision); give values of "
+                             "at most about 3.4e38")
+        return np.broadcast_to(v, (n, *shape)).copy() if a.shape == shape else v
 
 
 def box_region(box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
