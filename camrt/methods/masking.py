@@ -212,13 +212,16 @@ def sscam_explore(ctx: Context, options: SSCAMOptions) -> Explore:
         for start in range(0, len(pairs), chunk):
             channels = pairs[start:start + chunk] % c
             masks = _channel_masks(activation, channels, x.shape[1:])
-            if noise == "mask":
-                masks += rng.standard_normal(masks.shape, dtype=np.float32) * np.float32(sigma)
-                yield x[None] * masks[:, None]
-            else:
-                masked = x[None] * masks[:, None]
-                masked += rng.standard_normal(masked.shape, dtype=np.float32) * np.float32(sigma)
-                yield masked
+            # a sigma so large that the noise overflows float32 is reported by the engine's check of
+            # the copies' scores (an InputError), not warned about here
+            with np.errstate(over="ignore"):
+                if noise == "mask":
+                    masks += rng.standard_normal(masks.shape, dtype=np.float32) * np.float32(sigma)
+                    copies = x[None] * masks[:, None]
+                else:
+                    copies = x[None] * masks[:, None]
+                    copies += rng.standard_normal(copies.shape, dtype=np.float32) * np.float32(sigma)
+            yield copies
 
     scores = yield from scores_of(batches())
     s = np.asarray(scores, dtype=np.float64).reshape(n, c).mean(axis=0)

@@ -78,7 +78,8 @@ def smoothgradcampp_samples(ctx: SampleContext, options: SmoothGradCAMppOptions)
     x = ctx.x
     _check_input(x)
     noise = ctx.rng.normal(0.0, options.sigma, size=(x.shape[0], options.n, *x.shape[1:]))
-    return (x[:, None].astype(np.float64) + noise).astype(np.float32)
+    with np.errstate(over="ignore"):  # noise that overflows float32 is reported by the engine's check of the copies
+        return (x[:, None].astype(np.float64) + noise).astype(np.float32)
 
 
 def smoothgradcampp(activation: np.ndarray, gradient: np.ndarray, sample_activation: np.ndarray,
