@@ -149,6 +149,12 @@ def test_explainer_and_serve_refuse_bad_settings_before_ray(model, tmp_path):
         serve(tmp_path / "missing.onnx")
 
 
+def test_serve_without_ray_says_what_to_install(model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if camrt[scale] were not installed
+    with pytest.raises(InputError, match=r"needs Ray Serve \(ray is missing\): pip install 'camrt\[scale\]'"):
+        serve(model)
+
+
 def test_cli_errors_are_one_line_before_ray(model, tmp_path):
     runner = CliRunner()
     assert_one_line_error(runner.invoke(main, ["serve", str(tmp_path / "missing.onnx")]), "does not exist")
@@ -174,6 +180,7 @@ def test_cli_serves_until_interrupted(model):
             proc.kill()
             raise
     assert proc.returncode == 0, proc.stderr.read()
+    assert proc.stdout.read() == "" and "INFO" not in proc.stderr.read()  # the command's one line, no Ray chatter
     deadline = time.time() + 30
     while time.time() < deadline:  # the port is free again: Ray Serve's proxy stopped with the command
         with socket.socket() as s:

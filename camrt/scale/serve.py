@@ -62,6 +62,7 @@ ROUTES = {
     "GET /": "what the service offers",
 }
 TOP = 5
+APP = "camrt"  # the Ray Serve application's name
 
 
 class HTTPError(CamrtError):
@@ -370,12 +371,18 @@ class Service:
     _started_ray: bool
 
     def stop(self) -> None:
+        """Stop serving: the local Ray this service started goes down with everything on it (Ray
+        Serve's controller and proxy included); on a cluster it joined, only its application is
+        deleted, and whatever else the cluster serves goes on."""
         import ray
         from ray import serve
 
-        serve.shutdown()
         if self._started_ray:
+            # (not serve.shutdown() first: its graceful shutdown of the controller sometimes waited
+            # past a minute; stopping Ray stops every actor and frees the port at once)
             ray.shutdown()
+        else:
+            serve.delete(APP)
 
     def wait(self) -> None:
         """Block until interrupted (Ctrl-C), then stop."""
@@ -421,8 +428,12 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, m
             raise InputError(f"{flag} must be a number >= 0, got {value!r}")
     Explainer(model, method, "cpu", 1, max_bytes, max_images)  # the model, method and limits checked here, once
 
-    import ray
-    from ray import serve as ray_serve
+    try:
+        import fastapi  # noqa: F401
+        import ray
+        from ray import serve as ray_serve
+    except ImportError as e:
+        raise InputError(f"camrt serve needs Ray Serve ({e.name} is missing): pip install 'camrt[scale]'") from e
 
     started = not ray.is_initialized()
     if started:
@@ -436,7 +447,7 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, m
             num_replicas=replicas, ray_actor_options=actor).bind(
             str(Path(model).resolve()), method, "cuda" if gpus_per_replica else "cpu", threads, max_bytes, max_images)
         ray_serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
-        ray_serve.run(app, name="camrt", route_prefix="/", logging_config={"log_level": "ERROR"})
+        ray_serve.run(app, name=APP, route_prefix="/", logging_config={"log_level": "ERROR"})
     except BaseException:
         if started:
             ray.shutdown()
