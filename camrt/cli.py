@@ -509,16 +509,9 @@ def batch_cmd(model: str, source: str, output: str, methods: str, layer: str | N
 def serve_cmd(model: str, host: str, port: int, method: str, replicas: int, gpus_per_replica: float,
               max_batch_size: int, batch_wait_ms: float, max_bytes: int, max_images: int, address: str | None) -> None:
     """Serve MODEL over HTTP on Ray Serve: POST /explain an image, get its prediction and map (Ctrl-C stops)."""
-    import logging
+    from camrt.scale.serve import quiet_ray_logs, serve
 
-    from camrt.scale.serve import serve
-
-    try:  # the command's output is its own lines: Ray Serve's import sets its logger to INFO
-        import ray.serve  # noqa: F401
-    except ImportError:
-        pass  # serve() says what to install
-    for name in ("ray", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_ray_logs()  # the command's output is its own lines
 
     s = serve(model, host, port, method, replicas, gpus_per_replica, max_batch_size, batch_wait_ms, max_bytes,
               max_images, address)

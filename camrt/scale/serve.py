@@ -395,6 +395,18 @@ class Service:
             self.stop()
 
 
+def quiet_ray_logs() -> None:
+    """Lower Ray's and Ray Serve's Python loggers to ERROR: for `camrt serve`, whose output is its
+    own lines (`serve` itself leaves logging as the caller set it). Ray Serve's import sets its
+    logger to INFO, so it is imported first; without Ray, nothing to do."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        return
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, method: str = "gradcam",
           replicas: int = 1, gpus_per_replica: float = 0, max_batch_size: int = 8, batch_wait_ms: float = 10,
           max_bytes: int = DEFAULT_MAX_BYTES, max_images: int = DEFAULT_MAX_IMAGES,
