@@ -12,11 +12,13 @@ maps' difference.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 import camrt
@@ -118,6 +120,60 @@ def test_layers_equal_the_engine(tiny, kernel, layer) -> None:
     assert len(set(out["class_idx_used"])) > 1
     check_against_engine(out, path, x, kernel, layer or "layer2", None)
     assert class_maps_name("reciprocam", layer or "layer2") not in out
+
+
+class MeanNet(TinyNet):
+    """TinyNet whose classifier reads ``layer2(x).mean((2, 3))``: a ReduceMean without kept dims."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.layer1(self.relu(self.conv1(x))))
+        return self.fc(self.layer2(x).mean((2, 3)))
+
+
+def _as_global_average_pool(model: onnx.ModelProto, activation: str) -> onnx.ModelProto:
+    """`model` with the ReduceMean over h×w that reads `activation` written as GlobalAveragePool."""
+    model = copy.deepcopy(model)
+    node = next(n for n in model.graph.node if n.op_type == "ReduceMean" and n.input[0] == activation)
+    assert onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "keepdims")) == 1
+    node.op_type = "GlobalAveragePool"
+    del node.input[1:]
+    del node.attribute[:]
+    return model
+
+
+def _copied_ops(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node if n.name.startswith("reciprocam/")}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("form", ["reducemean-keepdims", "reducemean", "globalaveragepool"])
+def test_a_tail_that_starts_with_global_pooling_pools_without_copies(tmp_path, kernel, form) -> None:
+    """The tail's mean over h×w is computed from the activation by one MatMul with the masks (the
+    copies are never built); equal to the engine, which builds and pools them."""
+    net = make(MeanNet if form == "reducemean" else TinyNet, seed=5)
+    path = tmp_path / "net.cam.onnx"
+    camrt.export(net, layers=["layer2"], path=path, input_shape=(1, 3, 32, 32))
+    model = onnx.load(path)
+    if form == "globalaveragepool":
+        model = _as_global_average_pool(model, "activation.layer2")
+        onnx.save(model, path)
+    pools = [n.op_type for n in model.graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool")
+             and n.input[0] == "activation.layer2"]
+    assert pools == ["GlobalAveragePool" if form == "globalaveragepool" else "ReduceMean"]
+    headed = add_reciprocam_head(kernel)(model)
+    assert not _copied_ops(headed) & {"ReduceMean", "GlobalAveragePool"}, "the copies were pooled in the graph"
+    assert not any(n.op_type == "Mul" and "activation.layer2" in n.input for n in headed.graph.node)
+    x = diverse_inputs(net, (4, 3, 32, 32), seed=6)
+    out = run(headed, {"input": x, "class_idx": np.array([-1], np.int64)})
+    assert len(set(out["class_idx_used"])) > 1
+    check_against_engine(out, str(path), x, kernel, "layer2", None)
+
+
+def test_other_tails_pool_the_copies(tiny) -> None:
+    """At layer1 the tail starts with a convolution: the copies are built and run through it."""
+    headed = add_reciprocam_head("onehot", "layer1")(tiny[0])
+    assert {"Conv", "ReduceMean"} <= _copied_ops(headed)
+    assert "ReduceMean" not in _copied_ops(add_reciprocam_head("onehot", "layer2")(tiny[0]))
 
 
 def test_all_classes_equal_the_engine_per_class(skip) -> None:

@@ -22,12 +22,17 @@ map of every class, as OpenVINO XAI returns them). The manifest's `maps` gains `
 its `map_options` the kernel, so that a caller asking for the other kernel is not answered from
 the head.
 
-Cost: every run of the graph runs the tail h·w times per image (resnet18 at `layer4`: 49 copies
-through global pooling and the classifier) and holds h·w copies of the activation; maps of more
-than `MAX_POSITIONS` positions are refused. ONNX Runtime computes every node whatever outputs are
-asked for, so the gradient branch runs too: `without_gradients` (``camrt add-maps
---no-gradients``) writes a file that computes only the forward pass and the heads that need no
-gradient.
+Cost: every run of the graph runs the tail h·w times per image and holds h·w copies of the
+activation; maps of more than `MAX_POSITIONS` positions are refused. When the tail starts with the
+mean over h×w (GlobalAveragePool, or ReduceMean over axes 2 and 3: resnets, EfficientNets and
+MobileNets at their last feature maps) and reads nothing else from before the cut, the copies are
+not built: the mean of a masked copy is a weighted sum of the activation's positions,
+``mean(A ⊙ m_q) = Σ_j m_q[j] / hw · A[:, j]``, so one MatMul of the h·w × h·w mask table with
+the activation gives the pooled copies, and only the layers after the pooling run h·w times
+(resnet18 at `layer4`: 49 rows of 512 through the classifier instead of 49 copies of 512×7×7).
+ONNX Runtime computes every node whatever outputs are asked for, so the gradient branch runs too:
+`without_gradients` (``camrt add-maps --no-gradients``) writes a file that computes only the
+forward pass and the heads that need no gradient.
 
 A model spec names the head in `camrt export --maps` and `camrt add-maps --maps`:
 ``reciprocam[:kernel=onehot|gaussian][:layer=NAME][:all-classes]`` (`parse_spec`).
@@ -128,6 +133,45 @@ def _masks(kernel: str, h: int, w: int) -> np.ndarray:
     return masks[None]
 
 
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """The value of `name` when it is an initializer or a Constant node's output, else None."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            return onnx.numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            return None if attr is None else onnx.numpy_helper.to_array(attr.t)
+    return None
+
+
+def _global_pool(model: onnx.ModelProto, sub: onnx.ModelProto, activation: str) -> tuple[onnx.NodeProto, bool] | None:
+    """The tail's only reader of the N×C×h×w `activation` when it is a mean over h×w
+    (GlobalAveragePool, or ReduceMean over axes 2 and 3), with whether it keeps the dims; else None."""
+    readers = [n for n in sub.graph.node if activation in n.input]
+    if len(readers) != 1 or readers[0].input[0] != activation:
+        return None
+    node = readers[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "GlobalAveragePool":
+        return node, True
+    if node.op_type != "ReduceMean" or len(node.input) != 2 or attrs.get("noop_with_empty_axes", 0):
+        return None
+    axes = _constant(model, node.input[1])
+    if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
+        return None
+    return node, bool(attrs.get("keepdims", 1))
+
+
+def _without(sub: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
+    """A copy of `sub` without `node`."""
+    sub = copy(sub)
+    kept = [n for n in sub.graph.node if n != node]
+    del sub.graph.node[:]
+    sub.graph.node.extend(kept)
+    return sub
+
+
 def add_reciprocam_head(kernel: str = "onehot", layer: str | None = None, all_classes: bool = False
                         ) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
     """A pass adding Recipro-CAM's head (see the module docstring) for `layer` (None: the last
@@ -172,11 +216,24 @@ def add_reciprocam_head(kernel: str = "onehot", layer: str | None = None, all_cl
         # N×1×C×h×w times 1×P×1×h×w (resnet18/50, bf16 and f32, per-node profile), and the head as
         # fast as with a Tile or Expand before an elementwise Multiply; ONNX Runtime's CPU provider
         # runs them all alike (docs/benchmarks.md, Peers).
-        flat = b.op("Reshape", la.activation, b.const([-1, 1, c, p], np.int64))
-        masked = b.op("Mul", flat, b.const(_masks(head.kernel, h, w).reshape(1, p, 1, p)))
-        copies = b.op("Reshape", masked, b.const([-1, c, h, w], np.int64))
+        masks = _masks(head.kernel, h, w).reshape(p, p)  # row q: the mask of position q
+        pool = _global_pool(model, sub, la.activation) if not boundary else None
+        if pool is not None:
+            # The tail starts with the mean over h×w, and the mean of a masked copy is a weighted
+            # sum of positions: mean(A[n] ⊙ m_q)[c] = Σ_j m_q[j] / hw · A[n, c, j]. One MatMul of
+            # the P×hw weights with A[n]ᵀ gives the pooled copies, N·P×C, without building the
+            # N·P copies of C×h×w (resnet18 at layer4: 49 × 25,088 values per image) or pooling them.
+            node, keepdims = pool
+            flat = b.op("Transpose", b.op("Reshape", la.activation, b.const([-1, c, p], np.int64)), perm=[0, 2, 1])
+            pooled = b.op("MatMul", b.const(masks / np.float32(p)), flat)  # N×P×C
+            wires = {node.output[0]: b.op("Reshape", pooled, b.const([-1, c, 1, 1] if keepdims else [-1, c],
+                                                                      np.int64))}
+            sub = _without(sub, node)
+        else:
+            flat = b.op("Reshape", la.activation, b.const([-1, 1, c, p], np.int64))
+            masked = b.op("Mul", flat, b.const(masks.reshape(1, p, 1, p)))
+            wires = {la.activation: b.op("Reshape", masked, b.const([-1, c, h, w], np.int64))}
         # Each tensor from before the cut, once per copy: b[n] in rows n·P .. n·P + P − 1.
-        wires = {la.activation: copies}
         infos = {v.name: v for v in sub.graph.input}
         for t in boundary:
             dims = infos[t].type.tensor_type.shape.dim
