@@ -9,6 +9,7 @@ body is a library call, and splitting click groups over modules would scatter th
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # camrt.video imports cv2, which only `camrt video` may load
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 1
+SERVE_STOP_TIMEOUT = 30.0  # seconds `camrt serve` waits for Ray to stop after Ctrl-C
 
 
 def _int_list(text: str, name: str, count: int | None = None) -> tuple[int, ...]:
@@ -524,7 +526,15 @@ def serve_cmd(model: str, host: str, port: int, method: str, replicas: int, gpus
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # `docker stop`, `kill`: stop as Ctrl-C does, Ray included
-    s.wait()
+    stopped = s.wait(stop_timeout=SERVE_STOP_TIMEOUT)
+    if not stopped:
+        click.echo(f"camrt: Ray had not stopped {SERVE_STOP_TIMEOUT:.0f} s after the interrupt; exiting without "
+                   "waiting for it", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Ray is down (or given up on): leave without the interpreter's exit, whose atexit hooks and any
+    # thread Ray Serve left behind could keep the command alive after Ctrl-C.
+    os._exit(0 if stopped else EXIT_INTERNAL)
 
 
 @main.command("eval")

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -162,9 +163,25 @@ def test_cli_errors_are_one_line_before_ray(model, tmp_path):
     assert_one_line_error(runner.invoke(main, ["serve", str(model), "--port", "70000"]), "--port")
 
 
+def test_stop_gives_up_waiting_after_its_timeout(monkeypatch):
+    """`camrt serve` stops with a deadline: a Ray that does not go down is left to a daemon thread."""
+    import ray
+
+    from camrt.scale.serve import Service
+
+    release = threading.Event()
+    monkeypatch.setattr(ray, "shutdown", lambda: release.wait(30))
+    t0 = time.perf_counter()
+    assert Service("http://127.0.0.1:1", 1, _started_ray=True).stop(timeout=0.3) is False
+    assert time.perf_counter() - t0 < 5
+    release.set()
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    assert Service("http://127.0.0.1:1", 1, _started_ray=True).stop(timeout=5) is True
+
+
 def test_cli_serves_until_interrupted(model):
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps its threads' stacks
     proc = subprocess.Popen([sys.executable, "-m", "camrt.cli", "serve", str(model), "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -177,8 +194,9 @@ def test_cli_serves_until_interrupted(model):
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            pytest.fail(f"the command was still running 60 s after Ctrl-C; its stacks:\n{proc.stderr.read()[-6000:]}")
     assert proc.returncode == 0, proc.stderr.read()
     assert proc.stdout.read() == "" and "INFO" not in proc.stderr.read()  # the command's one line, no Ray chatter
     deadline = time.time() + 30

@@ -370,29 +370,41 @@ class Service:
     replicas: int
     _started_ray: bool
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop serving: the local Ray this service started goes down with everything on it (Ray
         Serve's controller and proxy included); on a cluster it joined, only its application is
-        deleted, and whatever else the cluster serves goes on."""
+        deleted, and whatever else the cluster serves goes on.
+
+        With `timeout` (seconds), returns False if stopping had not finished by then (it goes on
+        in a daemon thread, which does not keep the interpreter alive); True once stopped."""
         import ray
         from ray import serve
 
-        if self._started_ray:
-            # (not serve.shutdown() first: its graceful shutdown of the controller sometimes waited
-            # past a minute; stopping Ray stops every actor and frees the port at once)
-            ray.shutdown()
-        else:
-            serve.delete(APP)
+        def stop() -> None:
+            if self._started_ray:
+                # (not serve.shutdown() first: its graceful shutdown of the controller sometimes
+                # waited past a minute; stopping Ray stops every actor and frees the port at once)
+                ray.shutdown()
+            else:
+                serve.delete(APP)
 
-    def wait(self) -> None:
-        """Block until interrupted (Ctrl-C), then stop."""
+        if timeout is None:
+            stop()
+            return True
+        worker = threading.Thread(target=stop, name="camrt-serve-stop", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        return not worker.is_alive()
+
+    def wait(self, stop_timeout: float | None = None) -> bool:
+        """Block until interrupted (Ctrl-C), then stop (`stop(stop_timeout)`); returns whether
+        stopping finished."""
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
-        finally:
-            self.stop()
+        return self.stop(stop_timeout)
 
 
 def quiet_ray_logs() -> None:
