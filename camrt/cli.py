@@ -303,16 +303,21 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
               help="Write the file without the gradient branch (and the gradient methods' heads), so that one run "
                    "computes only the forward pass and Recipro-CAM's head; camrt's Engine then runs only the "
                    "methods that need no gradient.")
+@click.option("--maps-only", is_flag=True,
+              help="Write the file with only the logits, the classes and the map heads' outputs (no activations or "
+                   "gradients): the file to deploy a method computed in the graph; camrt's Engine then answers only "
+                   "the heads' methods.")
 @click.option("-o", "--output", type=click.Path(), required=True, help="File to write (may be MODEL itself).")
 @friendly
-def add_maps_cmd(model: str, maps_text: str | None, no_gradients: bool, output: str) -> None:
+def add_maps_cmd(model: str, maps_text: str | None, no_gradients: bool, maps_only: bool, output: str) -> None:
     """Add map heads to MODEL, a file written by `camrt export` (no PyTorch needed)."""
     from camrt.graph.map_heads import add_maps
 
-    if maps_text is None and not no_gradients:
-        raise click.UsageError("add-maps needs --maps (the methods to add heads for), --no-gradients, or both")
-    manifest = add_maps(model, _names(maps_text), output, gradients=not no_gradients)
-    kept = "" if manifest.gradients else "; without gradients"
+    if maps_text is None and not no_gradients and not maps_only:
+        raise click.UsageError("add-maps needs --maps (the methods to add heads for), --no-gradients, --maps-only, "
+                               "or several of them")
+    manifest = add_maps(model, _names(maps_text), output, gradients=not no_gradients, maps_only=maps_only)
+    kept = "; maps only" if manifest.maps_only else "" if manifest.gradients else "; without gradients"
     click.echo(f"wrote {output}: map heads {', '.join(manifest.maps) or 'none'}{kept}")
 
 

@@ -155,6 +155,9 @@ class Manifest:
     model_map: bool = False
     # The graph has the outputs relevance.L (`camrt export --relevance`); absent from older manifests.
     relevance: bool = False
+    # The graph outputs only the logits, the classes and its map heads' outputs (`camrt add-maps
+    # --maps-only`): no activation, gradient or relevance. Absent from older manifests.
+    maps_only: bool = False
 
     @property
     def targeted(self) -> bool:

@@ -463,3 +463,72 @@ def test_export_command_with_maps(tmp_path, model) -> None:
     check = {k: p.outputs[k] for k in ("map.layercam.layer2", "saliency.gradcam")}
     ref = METHODS["layercam"].map(p.outputs["activation.layer2"], p.outputs["gradient.layer2"])
     assert map_error(check["map.layercam.layer2"], ref) < TOL
+
+
+# --- Grad-CAM's weights from the pooled gradient; files with only the maps ------------------------
+
+def test_gradcam_head_at_a_pooled_layer_reads_the_gradient_before_its_broadcast(exported) -> None:
+    """At layer2 (global average pooling → linear) the gradient is one value per channel broadcast
+    over the map: Grad-CAM's weights are that value, not a ReduceMean over the broadcast gradient;
+    at layer1 (gradient varying over the map) they are the ReduceMean."""
+    model = onnx.load(exported[0])
+    reads = {la: [n.op_type for n in model.graph.node if n.name.startswith("map_heads/")
+                  and f"gradient.{la}" in n.input] for la in LAYERS}
+    assert reads["layer1"] == ["ReduceMean"]
+    assert reads["layer2"] == []
+
+
+def test_maps_only_file_has_the_heads_and_no_broadcast_gradient(exported, full, x, tmp_path) -> None:
+    path = tmp_path / "only.onnx"
+    manifest = add_maps(exported[0], ["gradcam++"], path, maps_only=True)
+    assert manifest.maps_only and not manifest.gradients and manifest.maps == ("gradcam", "gradcam++")
+    model = onnx.load(path)
+    names = [o.name for o in model.graph.output]
+    assert names == ["logits", "class_idx_used", *[map_name(m, la) for m in ("gradcam",) for la in LAYERS],
+                     saliency_name("gradcam"), *[map_name("gradcam++", la) for la in LAYERS],
+                     saliency_name("gradcam++")]
+    every, alone = run(full, {"input": x}), run(path, {"input": x})  # `full`: the same heads and all the others
+    for name in names:
+        np.testing.assert_allclose(alone[name], every[name], rtol=0, atol=1e-6, err_msg=name)
+    # exported at layer2 alone, the gradient (one value per channel) is never broadcast to 8×8
+    pooled = tmp_path / "layer2.cam.onnx"
+    camrt.export(make(TinyNet, seed=3), layers=["layer2"], path=pooled, input_shape=(1, 3, *SIZE), maps=["gradcam"])
+    add_maps(pooled, [], tmp_path / "layer2.only.onnx", maps_only=True)
+    before, after = onnx.load(pooled), onnx.load(tmp_path / "layer2.only.onnx")
+    weights = next(n for n in after.graph.node if n.name.startswith("map_heads/")).input[0]  # v of v / k
+    assert any(n.op_type == "Expand" and weights in n.input for n in before.graph.node)
+    assert not any(n.op_type == "Expand" and weights in n.input for n in after.graph.node)
+    assert len(after.graph.node) < len(before.graph.node)
+    np.testing.assert_array_equal(Engine(tmp_path / "layer2.only.onnx", device="cpu").explain(x, "gradcam").low_res,
+                                  Engine(pooled, device="cpu").explain(x, "gradcam").low_res)
+
+
+def test_engine_on_a_maps_only_file_answers_its_heads_and_refuses_the_rest(exported, x, tmp_path) -> None:
+    path = tmp_path / "only.onnx"
+    add_maps(exported[0], [], path, maps_only=True)
+    engine, ref = Engine(path, device="cpu"), Engine(exported[0], device="cpu")
+    for layer in ("layer1", "layer2"):
+        got, want = engine.explain(x, "gradcam", layer=layer), ref.explain(x, "gradcam", layer=layer)
+        np.testing.assert_array_equal(got.low_res, want.low_res)
+        np.testing.assert_array_equal(got.class_idx, want.class_idx)
+    np.testing.assert_array_equal(engine.explain(x, "gradcam").saliency, ref.explain(x, "gradcam").saliency)
+    p = engine.forward(x, class_idx=2)  # what `camrt explain`, `batch`, `serve` and `video` call
+    np.testing.assert_array_equal(engine.explain_pass(p, "gradcam").low_res,
+                                  ref.explain(x, "gradcam", class_idx=2).low_res)
+    for method in ("layercam", "scorecam", "eigencam"):
+        with pytest.raises(InputError, match="holds only the maps of its heads"):
+            engine.explain(x, method)
+    with pytest.raises(InputError, match="holds only the maps of its heads"):
+        engine.explain_pass(p, "layercam")
+    with pytest.raises(InputError, match="holds only the maps of its heads"):
+        engine.explain(x, "gradcam", layer=["layer1", "layer2"])  # fused layers: no head computes that
+
+
+def test_add_maps_only_command(exported, tmp_path) -> None:
+    out = tmp_path / "only.onnx"
+    result = CliRunner().invoke(main, ["add-maps", str(exported[0]), "--maps-only", "-o", str(out)])
+    assert result.exit_code == 0 and result.output.strip() == f"wrote {out}: map heads gradcam; maps only"
+    plain = tmp_path / "plain.onnx"
+    camrt.export(make(TinyNet, seed=3), layers=["layer2"], path=plain, input_shape=(1, 3, *SIZE))
+    assert_one_line_error(CliRunner().invoke(main, ["add-maps", str(plain), "--maps-only", "-o", str(out)]),
+                          "has no map heads")

@@ -259,7 +259,13 @@ class Engine:
         cls = self.check_class_idx(class_idx, len(x))
         host = None if host is None else {LOGITS, CLASS_IDX_USED, *host}
         t0 = time.perf_counter()
-        if gradient and only is not None and self._fixed is None:
+        if self.manifest.maps_only:  # (`camrt add-maps --maps-only`) the heads' outputs are all there is
+            names = [LOGITS, CLASS_IDX_USED, *([*only] if only is not None else
+                                               sorted(self._outputs - {LOGITS, CLASS_IDX_USED}))]
+            out = (self.run(x, cls, host) if self._fixed is not None else
+                   run_chunked(self._session, {INPUT: x, CLASS_IDX: cls}, self.chunk_size, names,
+                               binder=self.graphs.binder, host=host))
+        elif gradient and only is not None and self._fixed is None:
             out = run_chunked(self._session, {INPUT: x, CLASS_IDX: cls}, self.chunk_size,
                               [LOGITS, CLASS_IDX_USED, *only], binder=self.graphs.binder, host=host)
         elif gradient:
@@ -360,6 +366,7 @@ class Engine:
         non_negative_int(seed, "seed")
         opts = self.configure(spec, options)
         head = self._head(spec, layers, opts)
+        self._check_maps_only(spec, layers, opts, head)
         read, heads = None, []
         if head is not None:
             # Only the map (and CAM's gradient, for its check) are read: no other output is fetched.
@@ -373,6 +380,14 @@ class Engine:
         # (no `host`: every output fetched is read, so all of it comes to the host)
         p = self._forward(images, class_idx, spec.uses_gradient, None, heads, only=read, target=target)
         return self._explain_pass(p, spec, layers, seed, progress, opts, head)
+
+    def _check_maps_only(self, spec: Method, layers: Sequence[str], options: Options, head: str | None) -> None:
+        """A `--maps-only` file answers only its heads' methods, for their layer and options."""
+        if self.manifest.maps_only and head is None:
+            raise InputError(f"'{self.path.name}' holds only the maps of its heads ({', '.join(self.manifest.maps)}; "
+                             f"`camrt add-maps --maps-only`), and method '{spec.name}' at {', '.join(layers)} with "
+                             f"options {options.as_dict()} is not one of them: ask for a head's method, or use the "
+                             "file it was made from")
 
     def _head(self, spec: Method, layers: Sequence[str], options: Options) -> str | None:
         """The output of the map head (`camrt add-maps`) that computes `spec`'s map of `layers` with
@@ -395,9 +410,11 @@ class Engine:
         if options is not None and given:
             raise InputError("give method options either by name or as an options object, not both")
         opts = self.configure(spec, options if options is not None else given)
-        if spec.uses_gradient and self.manifest.layers[0].gradient not in p.outputs:
+        if spec.uses_gradient and not self.manifest.maps_only and self.manifest.layers[0].gradient not in p.outputs:
             raise InputError(f"method '{spec.name}' needs the gradient, and this pass was run with gradient=False")
-        return self._explain_pass(p, spec, layers, seed, progress, opts, self._head(spec, layers, opts))
+        head = self._head(spec, layers, opts)
+        self._check_maps_only(spec, layers, opts, head)
+        return self._explain_pass(p, spec, layers, seed, progress, opts, head)
 
     def _explain_pass(self, p: Pass, spec: Method, layers: list[str], seed: int,
                       progress: Callable[[int, int], None] | None, opts: Options, head: str | None) -> Result:
@@ -476,7 +493,7 @@ class Engine:
     def configure(self, method: Method, options: Mapping[str, object] | Options | None = None) -> Options:
         """The method's options (defaults overridden by `options`, names and values checked), once
         the model is known to have what the method needs."""
-        if method.uses_gradient and not self.manifest.gradients:
+        if method.uses_gradient and not self.manifest.gradients and not self.manifest.maps_only:
             raise InputError(f"method '{method.name}' needs the gradient, and '{self.path.name}' was written without "
                              "its gradient branch (`camrt add-maps --no-gradients`); use the file it was made from")
         if method.family == "model" and not self.manifest.model_map:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 
@@ -23,6 +24,18 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
         return {}
     g = inferred.graph
     return {v.name: v.type.tensor_type for v in [*g.input, *g.output, *g.value_info] if v.type.HasField("tensor_type")}
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of `name` when it is an initializer or a Constant node's output, else None."""
+    for t in graph.initializer:
+        if t.name == name:
+            return onnx.numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            return None if attr is None else onnx.numpy_helper.to_array(attr.t)
+    return None
 
 
 def find_input(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:

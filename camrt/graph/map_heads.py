@@ -45,7 +45,7 @@ from onnx import TensorProto, helper
 
 from camrt import atomic
 from camrt.errors import InputError
-from camrt.graph._util import copy
+from camrt.graph._util import constant_value, copy
 from camrt.graph.metadata import load_camrt_file, read_manifest
 from camrt.manifest import METADATA_KEY, Manifest, map_name, saliency_name
 from camrt.methods._core import _interpolation_taps  # the one definition of the bilinear taps
@@ -97,6 +97,27 @@ class _Builder:
                                                     value=onnx.numpy_helper.from_array(array)))
             self.seen[key] = out
         return self.seen[key]
+
+    def spatial_mean(self, g: str) -> str:
+        """The mean of the N×C×h×w tensor `g` over h×w, N×C×1×1. When `g` is one value per channel
+        broadcast over the map, as the gradient of a layer followed by global average pooling is
+        traced (``Expand(v)``, or ``Expand(v) / k`` with a scalar k, v a Reshape to N×C×1×1), the
+        mean is that value: the head reads ``v / k`` and does not depend on `g`, so a file that
+        drops the gradient outputs (`maps_only`) computes no N×C×h×w broadcast at all."""
+        producers = {o: n for n in self.graph.node for o in n.output}
+        node, scale = producers.get(g), None
+        if node is not None and node.op_type in ("Div", "Mul"):
+            k = constant_value(self.graph, node.input[1])
+            if k is not None and k.size == 1 and k.dtype == self.dtype:
+                node, scale = producers.get(node.input[0]), node
+        if node is not None and node.op_type == "Expand":
+            source = producers.get(node.input[0])
+            shape = None if source is None or source.op_type != "Reshape" else constant_value(self.graph,
+                                                                                                source.input[1])
+            if shape is not None and shape.shape == (4,) and shape[2] == 1 and shape[3] == 1 and shape[1] > 0:
+                v = node.input[0]
+                return v if scale is None else self.op(scale.op_type, v, scale.input[1])
+        return self.op("ReduceMean", g, self.axes(2, 3), keepdims=1)
 
     def axes(self, *axes: int) -> str:
         return self.const(list(axes), np.int64)
@@ -156,7 +177,7 @@ def _cam(b: _Builder, a: str, g: str) -> str:
 
 
 def _gradcam(b: _Builder, a: str, g: str) -> str:
-    return b.op("Relu", b.combine(b.op("ReduceMean", g, b.axes(2, 3), keepdims=1), a))
+    return b.op("Relu", b.combine(b.spatial_mean(g), a))
 
 
 def _gradcampp(b: _Builder, a: str, g: str) -> str:
@@ -348,11 +369,13 @@ def map_passes(methods: Sequence[str] | str) -> list[Callable[[onnx.ModelProto],
 
 
 def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str | os.PathLike,
-             gradients: bool = True) -> Manifest:
+             gradients: bool = True, maps_only: bool = False) -> Manifest:
     """Add the map heads of `methods` to the camrt model file `model` and write it to `output`
     (which may be `model` itself), completely or not at all (`camrt.atomic`). Needs no PyTorch.
     With ``gradients=False`` the file is written without the gradient branch
-    (`camrt.graph.reciprocam_head.without_gradients`); `methods` may then be empty.
+    (`camrt.graph.reciprocam_head.without_gradients`); `methods` may then be empty. With
+    ``maps_only=True`` it keeps only the logits, the classes and the heads' outputs
+    (`camrt.graph.reciprocam_head.maps_only`): the file to deploy one method, computed in the graph.
 
     Returns:
         The manifest of the written model.
@@ -361,18 +384,22 @@ def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str
         InputError: a missing or unreadable file, one without a camrt manifest, a method without a
             head, heads already there, no methods with gradients kept, or a failed write (with its cause).
     """
+    from camrt.graph.reciprocam_head import maps_only as only_maps
     from camrt.graph.reciprocam_head import without_gradients
 
-    if not isinstance(gradients, bool):
-        raise InputError(f"gradients must be True or False, got {gradients!r}")
+    for value, name in ((gradients, "gradients"), (maps_only, "maps_only")):
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r}")
     given = [methods] if isinstance(methods, str) else list(methods)
-    passes = map_passes(given) if given or gradients else []  # checks the names before reading the file
+    passes = map_passes(given) if given or (gradients and not maps_only) else []  # names checked before reading
     needing = [m for m in check_maps(given) if m in HEAD_METHODS] if given else []
     if needing and not gradients:
         raise InputError(f"the map heads of {', '.join(needing)} read the gradients, which --no-gradients leaves out; "
                          "add only heads that need no gradient (reciprocam)")
     if not gradients:
         passes.append(without_gradients)
+    if maps_only:
+        passes.append(only_maps)
     dst = Path(output)
     proto, _ = load_camrt_file(model)
     for p in passes:

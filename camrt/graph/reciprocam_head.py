@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from camrt.errors import InputError
-from camrt.graph._util import copy
+from camrt.graph._util import constant_value, copy
 from camrt.graph.map_heads import HEAD_METHODS, MIN_OPSET, _Builder, _output
 from camrt.graph.metadata import read_manifest
 from camrt.graph.subgraph import keep_outputs, tail
@@ -133,18 +133,6 @@ def _masks(kernel: str, h: int, w: int) -> np.ndarray:
     return masks[None]
 
 
-def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """The value of `name` when it is an initializer or a Constant node's output, else None."""
-    for t in model.graph.initializer:
-        if t.name == name:
-            return onnx.numpy_helper.to_array(t)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            attr = next((a for a in node.attribute if a.name == "value"), None)
-            return None if attr is None else onnx.numpy_helper.to_array(attr.t)
-    return None
-
-
 def _global_pool(model: onnx.ModelProto, sub: onnx.ModelProto, activation: str) -> tuple[onnx.NodeProto, bool] | None:
     """The tail's only reader of the N×C×h×w `activation` when it is a mean over h×w
     (GlobalAveragePool, or ReduceMean over axes 2 and 3), with whether it keeps the dims; else None."""
@@ -157,7 +145,7 @@ def _global_pool(model: onnx.ModelProto, sub: onnx.ModelProto, activation: str) 
         return node, True
     if node.op_type != "ReduceMean" or len(node.input) != 2 or attrs.get("noop_with_empty_axes", 0):
         return None
-    axes = _constant(model, node.input[1])
+    axes = constant_value(model.graph, node.input[1])
     if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
         return None
     return node, bool(attrs.get("keepdims", 1))
@@ -314,5 +302,30 @@ def without_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def maps_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with only the outputs a caller of its map heads reads: `logits`,
+    `class_idx_used` and each head's map, saliency and class maps, and the nodes they need. The
+    activations, gradients and relevance are neither output nor, where no head reads them,
+    computed; with a Grad-CAM head on a layer followed by global average pooling no per-position
+    gradient is left at all (`_Builder.spatial_mean`). The manifest says `maps_only` (and no
+    gradients): the engine then answers the heads' methods, with the heads' options, and refuses
+    the others.
+
+    Raises:
+        InputError: a model without a camrt manifest, or without map heads.
+    """
+    manifest = read_manifest(model)
+    if not manifest.maps:
+        raise InputError("the model has no map heads, so --maps-only would leave it only its logits; add heads "
+                         "(--maps gradcam, ...) in the same command")
+    heads = [o.name for o in model.graph.output if o.name.startswith(("map.", "saliency.", "class_maps."))]
+    model = keep_outputs(model, [LOGITS, CLASS_IDX_USED, *heads])
+    updated = dataclasses.replace(manifest, gradients=False, input_gradient=False, relevance=False, model_map=False,
+                                  maps_only=True)
+    _write_manifest(model, updated)
+    return model
+
+
 __all__ = ["RECIPROCAM", "ALL_CLASSES", "MAX_POSITIONS", "SPEC_HELP", "ReciproCAMHead", "parse_spec",
-           "add_reciprocam_head", "without_gradients"]
+           "add_reciprocam_head", "without_gradients",
+           "maps_only"]
