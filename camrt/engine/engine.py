@@ -73,6 +73,7 @@ class Pass:
     outputs: Mapping[str, np.ndarray]  # with IO binding, what stayed on the device is copied on first read
     seconds: float
     target: Target | None = None  # target mode: what was explained (outputs[TARGET] holds its vector)
+    checked: frozenset[str] = frozenset()  # outputs found finite after the run (not checked again)
 
     def rows(self, index: Sequence[int] | np.ndarray) -> Pass:
         """The pass of the images `index` only (their inputs and every output's rows; what stayed on
@@ -282,12 +283,13 @@ class Engine:
             out[CLASS_IDX_USED] = np.where(cls == -1, out[LOGITS].argmax(axis=1), cls)
         # What stayed on the device is not read here: a NaN there shows in the map computed from it.
         copied = out.on_host() if isinstance(out, Outputs) else list(out)
-        bad = nonfinite_images(*(out[k] for k in copied if out[k].dtype.kind == "f"))
+        floats = [k for k in copied if out[k].dtype.kind == "f"]
+        bad = nonfinite_images(*(out[k] for k in floats))
         if bad:  # a finite input can still overflow float32 inside the model (values near 3.4e38)
             raise InputError(f"the model's outputs hold NaN or infinite values for {images_text(bad)}: its float32 "
                              f"arithmetic overflowed (the input's largest magnitude is {float(np.abs(x).max()):.3g}); "
                              "check the preprocessing that produced the input")
-        return Pass(x, out, time.perf_counter() - t0)
+        return Pass(x, out, time.perf_counter() - t0, checked=frozenset(floats))
 
     def _forward_target(self, images: np.ndarray | Sequence[np.ndarray],
                         class_idx: int | Sequence[int] | np.ndarray | None, gradient: bool,
@@ -456,7 +458,7 @@ class Engine:
                 maps.append(spec.map(a, g))
             else:
                 maps.append(spec.map(a, g, *samples[la]))
-        bad = nonfinite_images(*maps)
+        bad = [] if head is not None and head in p.checked else nonfinite_images(*maps)  # (a head's: checked)
         if bad:  # the method's copies or its own arithmetic overflowed float32
             raise InputError(f"method '{spec.name}' gave NaN or infinite values for {images_text(bad)} with options "
                              f"{opts.as_dict()}: float32 overflowed; use smaller option values (or a smaller input)")
