@@ -537,6 +537,9 @@ def serve_cmd(model: str, host: str, port: int, method: str, replicas: int, gpus
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # `docker stop`, `kill`: stop as Ctrl-C does, Ray included
+    # Ctrl-C (SIGINT) too, explicitly: a process started with SIGINT ignored (a background job of a
+    # script, nohup) inherits that, and Python then installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, interrupt)
     stopped = s.wait(stop_timeout=SERVE_STOP_TIMEOUT)
     if not stopped:
         click.echo(f"camrt: Ray had not stopped {SERVE_STOP_TIMEOUT:.0f} s after the interrupt; exiting without "

@@ -179,11 +179,19 @@ def test_stop_gives_up_waiting_after_its_timeout(monkeypatch):
     assert Service("http://127.0.0.1:1", 1, _started_ray=True).stop(timeout=5) is True
 
 
-def test_cli_serves_until_interrupted(model):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_cli_serves_until_interrupted(model, inherited):
+    """Ctrl-C stops the command, also when it was started with SIGINT ignored (a script's
+    background job, nohup: Python then installs no KeyboardInterrupt handler of its own)."""
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps its threads' stacks
     proc = subprocess.Popen([sys.executable, "-m", "camrt.cli", "serve", str(model), "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_ignore_sigint if inherited == "ignored" else None)
     try:
         line = proc.stdout.readline()
         assert line.startswith(f"serving tiny.cam.onnx at http://127.0.0.1:{port}/"), (line, proc.stderr.read())
