@@ -32,9 +32,8 @@ def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
         if t.name == name:
             return onnx.numpy_helper.to_array(t)
     for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            attr = next((a for a in node.attribute if a.name == "value"), None)
-            return None if attr is None else onnx.numpy_helper.to_array(attr.t)
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
+            return onnx.numpy_helper.to_array(node.attribute[0].t)
     return None
 
 

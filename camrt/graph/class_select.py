@@ -17,18 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from camrt.graph._util import PatternNotFound, copy
+from camrt.graph._util import PatternNotFound, constant_value, copy
 from camrt.manifest import LOGITS
-
-
-def _const(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output[0] == name and n.attribute:
-            return numpy_helper.to_array(n.attribute[0].t)
-    return None
 
 
 def _onehot_index(model: onnx.ModelProto, prod: dict, name: str) -> str | None:
@@ -40,10 +30,10 @@ def _onehot_index(model: onnx.ModelProto, prod: dict, name: str) -> str | None:
     if eq is None or eq.op_type != "Equal":
         return None
     for a, b in (eq.input, reversed(eq.input)):
-        values, unsq = _const(model, a), prod.get(b)
+        values, unsq = constant_value(model.graph, a), prod.get(b)
         if values is None or unsq is None or unsq.op_type != "Unsqueeze" or len(unsq.input) < 2:
             continue
-        axes = _const(model, unsq.input[1])
+        axes = constant_value(model.graph, unsq.input[1])
         if (values.ndim == 1 and np.array_equal(values, np.arange(values.size))
                 and axes is not None and axes.reshape(-1).tolist() in ([1], [-1])):
             return unsq.input[0]
@@ -54,7 +44,7 @@ def _is_constant(model: onnx.ModelProto, prod: dict, name: str) -> bool:
     """An initializer or Constant, possibly through Transpose, Identity or Cast nodes."""
     while (node := prod.get(name)) is not None and node.op_type in ("Transpose", "Identity", "Cast"):
         name = node.input[0]
-    return _const(model, name) is not None
+    return constant_value(model.graph, name) is not None
 
 
 def linear_logits(model: onnx.ModelProto) -> bool:

@@ -151,15 +151,6 @@ def _global_pool(model: onnx.ModelProto, sub: onnx.ModelProto, activation: str) 
     return node, bool(attrs.get("keepdims", 1))
 
 
-def _without(sub: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
-    """A copy of `sub` without `node`."""
-    sub = copy(sub)
-    kept = [n for n in sub.graph.node if n != node]
-    del sub.graph.node[:]
-    sub.graph.node.extend(kept)
-    return sub
-
-
 def add_reciprocam_head(kernel: str = "onehot", layer: str | None = None, all_classes: bool = False
                         ) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
     """A pass adding Recipro-CAM's head (see the module docstring) for `layer` (None: the last
@@ -205,6 +196,7 @@ def add_reciprocam_head(kernel: str = "onehot", layer: str | None = None, all_cl
         # fast as with a Tile or Expand before an elementwise Multiply; ONNX Runtime's CPU provider
         # runs them all alike (docs/benchmarks.md, Peers).
         masks = _masks(head.kernel, h, w).reshape(p, p)  # row q: the mask of position q
+        tail_nodes = list(sub.graph.node)  # the layers after the cut, to copy
         pool = _global_pool(model, sub, la.activation) if not boundary else None
         if pool is not None:
             # The tail starts with the mean over h×w, and the mean of a masked copy is a weighted
@@ -216,7 +208,7 @@ def add_reciprocam_head(kernel: str = "onehot", layer: str | None = None, all_cl
             pooled = b.op("MatMul", b.const(masks / np.float32(p)), flat)  # N×P×C
             wires = {node.output[0]: b.op("Reshape", pooled, b.const([-1, c, 1, 1] if keepdims else [-1, c],
                                                                       np.int64))}
-            sub = _without(sub, node)
+            tail_nodes.remove(node)  # its output is wired to the pooled copies
         else:
             flat = b.op("Reshape", la.activation, b.const([-1, 1, c, p], np.int64))
             masked = b.op("Mul", flat, b.const(masks.reshape(1, p, 1, p)))
@@ -232,13 +224,13 @@ def add_reciprocam_head(kernel: str = "onehot", layer: str | None = None, all_cl
             rest = b.op("Shape", t, start=1)
             wires[t] = b.op("Reshape", expand, b.op("Concat", b.const([-1], np.int64), rest, axis=0))
         # The tail, copied: its own tensors renamed, its inputs wired to the copies.
-        produced = {o for node in sub.graph.node for o in node.output if o}
+        produced = {o for node in tail_nodes for o in node.output if o}
         names = {t: f"{_PREFIX}{t}" for t in produced}
         clash = sorted(n for n in names.values() if n in b.used)
         if clash:
             raise InputError(f"the model already has tensors named {clash[:3]}; the head names its own '{_PREFIX}...'")
         copied = onnx.GraphProto()
-        copied.node.extend(sub.graph.node)
+        copied.node.extend(tail_nodes)
         for node in copied.node:
             node.name = f"{_PREFIX}{node.name}" if node.name else ""
             node.output[:] = [names.get(t, t) for t in node.output]
