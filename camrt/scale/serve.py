@@ -404,7 +404,9 @@ class Service:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
-        return self.stop(stop_timeout)
+        finally:
+            stopped = self.stop(stop_timeout)
+        return stopped
 
 
 def quiet_ray_logs() -> None:
