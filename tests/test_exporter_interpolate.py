@@ -54,6 +54,19 @@ def test_calls_it_cannot_write_exactly_are_left_to_pytorch(kwargs) -> None:
     assert separable_resize(torch.randn(1, 2, 11), size=5, mode="linear") is None
 
 
+def test_the_mode_knows_what_it_resized() -> None:
+    """`source` of a tensor the mode returned is the tensor it resized (the input given by
+    position or by name); of anything else, None."""
+    x = torch.randn(1, 2, 4, 4)
+    with SeparableResize() as mode:
+        y = F.interpolate(x, size=8, mode="bilinear", align_corners=False)
+        z = F.interpolate(input=x, scale_factor=2, mode="nearest")
+        w = F.interpolate(x, size=(5, 5), mode="bicubic", align_corners=False)  # left to PyTorch
+    assert mode.source(y) is x and mode.source(z) is x
+    assert mode.source(w) is None and mode.source(x) is None and mode.source(y.clone()) is None
+    torch.testing.assert_close(z, F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
 class Head(nn.Module):
     """A segmentation-style head: features at 1/4, classes upsampled back, bilinear and nearest."""
 

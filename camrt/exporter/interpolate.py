@@ -87,12 +87,25 @@ def separable_resize(x: torch.Tensor, size: object = None, scale_factor: object 
 
 class SeparableResize(TorchFunctionMode):
     """Within this mode, ``F.interpolate`` calls that `separable_resize` writes exactly become two
-    matrix products; the rest run as PyTorch's."""
+    matrix products; the rest run as PyTorch's. The mode remembers what it resized: `source` of
+    a tensor it returned is the tensor it was computed from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._resized: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(out) -> (out, x), out kept alive
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.interpolate:
-            out = separable_resize(*args, **kwargs)
+        if func is F.interpolate and (args or "input" in kwargs):
+            rest = {k: v for k, v in kwargs.items() if k != "input"}
+            x = args[0] if args else kwargs["input"]
+            out = separable_resize(x, *args[1:], **rest)
             if out is not None:
+                self._resized[id(out)] = (out, x)
                 return out
         return func(*args, **kwargs)
+
+    def source(self, t: torch.Tensor) -> torch.Tensor | None:
+        """The input of the resize that returned `t` within this mode, or None if `t` is not one."""
+        out, x = self._resized.get(id(t), (None, None))
+        return x if out is t else None

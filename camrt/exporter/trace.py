@@ -192,7 +192,7 @@ def check_layers(records: dict[str, LayerRecord], layers: Sequence[str]) -> None
 
 def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | str | None,
                  input_gradient: bool = False, targeted: bool = False, map_output: int | str | None = None,
-                 relevance: tuple[list[str], dict[str, str]] | None = None):
+                 relevance: tuple[list[str], dict[str, str]] | None = None, resizes: SeparableResize | None = None):
     """The function that is traced: (x, class_idx) -> (logits, class_idx_used, *A, *G), with the
     input gradient appended when `input_gradient`. A is each layer's N×C×h×w map
     (`camrt.exporter.tokens.to_map` of what the module returns) and G the gradient with respect
@@ -201,7 +201,10 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
     (the class one-hot of the default is one choice of the target). With `map_output`, the model's
     own map output (`select_output` of it) is appended last. With `relevance` (the tail and
     batch-norm pairs of `camrt.exporter.relevance.tail`), each layer's relevance A ⊙ c follows the
-    gradients (and the input gradient), from a second, modified backward pass of the same forward."""
+    gradients (and the input gradient), from a second, modified backward pass of the same forward.
+    `resizes`: the `SeparableResize` mode the function is traced under; in target mode, when the
+    output is one of its resizes (a segmenter's upsampled logits), the score is read before that
+    resize (below)."""
     from camrt.exporter import relevance as lrp
     from camrt.exporter.tokens import from_map, to_map
 
@@ -235,16 +238,32 @@ def cam_function(model: nn.Module, layers: Sequence[Layer], output_index: int | 
                 raw = model(x)
                 logits = select_output(raw, output_index)
                 own_map = select_output(raw, map_output) if map_output is not None else None
+                source = None
                 if targeted:
-                    per_image = (logits * class_idx).flatten(1).sum(1)
-                    used, score = per_image, per_image.sum()
+                    # The gradient is the vector-Jacobian product with the target as the vector;
+                    # `(logits * target).sum()` differentiated instead traces a backward that
+                    # broadcasts ones over the whole output and multiplies them by the target (two
+                    # passes over an N×K×H×W output, 22 MB for a segmenter's at 4×21×256×256).
+                    score, cotangent = logits, class_idx
+                    source = resizes.source(logits) if resizes is not None else None
+                    if source is None or not source.requires_grad:
+                        # The score is a read-out beside the gradient (Mul and ReduceSum: ONNX
+                        # Runtime ran the same dot product as a batched MatMul ten times slower).
+                        source, used = None, (logits.detach() * class_idx).flatten(1).sum(1)
                 else:
                     top = logits.argmax(dim=1)
                     used = torch.where(class_idx == -1, top, class_idx)
                     onehot = (torch.arange(logits.shape[1], device=logits.device) == used[:, None]).to(logits.dtype)
-                    score = (logits * onehot).sum()
+                    score, cotangent = (logits * onehot).sum(), None
                 wrt = [*(acts[la.name] for la in layers), *([x] if input_gradient else [])]
-                grads = torch.autograd.grad(score, wrt, retain_graph=relevance is not None)
+                grads = torch.autograd.grad(score, [*wrt, *([source] if source is not None else [])],
+                                            grad_outputs=cotangent, retain_graph=relevance is not None)
+                if source is not None:
+                    # The output is a linear resize R(s) of s, so Σ t ⊙ R(s) = Σ Rᵀ(t) ⊙ s, and Rᵀ(t)
+                    # is the gradient at s the backward computes anyway: the score is read at the
+                    # resize's input (21×16×16 per image for DeepLabV3) instead of over the output.
+                    grad_source, grads = grads[-1], grads[:-1]
+                    used = (grad_source * source.detach()).flatten(1).sum(1)
                 relevances: tuple[torch.Tensor, ...] = ()
                 if relevance is not None:
                     relevances = tuple(lrp.relevances(logits, used, [acts[la.name] for la in layers]))
@@ -281,13 +300,14 @@ def trace(
     """Trace the CAM function symbolically (dynamic batch) with camrt's backward decompositions;
     `input_gradient` adds ∂ score / ∂ input as the last output; a `target_shape` traces target mode;
     `relevance` (`camrt.exporter.relevance.tail`'s answer) adds each layer's relevance."""
+    resizes = SeparableResize()
     f = cam_function(model, layers, output_index, input_gradient, targeted=bool(target_shape), map_output=map_output,
-                     relevance=relevance)
+                     relevance=relevance, resizes=resizes)
     example = traceable_example(example)
     cls = second_input(example, target_shape)
     try:
         with frozen_eval(model), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH), \
-                SeparableResize():
+                resizes:
             gm = make_fx(
                 f, tracing_mode="symbolic", _allow_non_fake_inputs=True,
                 decomposition_table=backward_decompositions(),
