@@ -29,6 +29,7 @@ from camrt.graph.fp16 import cast_round_trips, fp16_passes, to_fp16
 from camrt.graph.layer_norm_stats import layer_norm_statistics
 from camrt.graph.map_heads import add_map_heads, check_maps, map_passes
 from camrt.graph.metadata import attach_manifest
+from camrt.graph.output_matmul import unflatten_output_matmuls
 from camrt.graph.reciprocam_head import add_reciprocam_head, without_gradients
 from camrt.graph.subgraph import forward_only, keep_outputs, tail
 
@@ -50,6 +51,7 @@ def export_passes(num_classes: int, manifest_json: str, maps: Sequence[str] = ()
     classes = [] if targeted else [gather_selected_rows, guard_class_idx(num_classes), default_class_idx]
     return [
         unexpand_matmul_weights,
+        unflatten_output_matmuls,
         layer_norm_statistics,
         *classes,
         attach_manifest(manifest_json),
@@ -62,4 +64,5 @@ __all__ = ["Pass", "PatternNotFound", "run_passes", "export_passes", "forward_on
            "add_map_heads",
            "check_maps", "map_passes", "scorecam_chunks", "ablationcam_chunks", "reciprocam_chunks", "to_fp16",
            "groupcam_chunks", "rise_chunks", "layer_norm_statistics",
-           "fp16_passes", "cast_round_trips", "add_reciprocam_head", "without_gradients", "unexpand_matmul_weights"]
+           "fp16_passes", "cast_round_trips", "add_reciprocam_head", "without_gradients", "unexpand_matmul_weights",
+           "unflatten_output_matmuls"]

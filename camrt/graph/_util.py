@@ -37,6 +37,20 @@ def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     return None
 
 
+def constant_shape(graph: onnx.GraphProto, name: str) -> tuple[int, ...] | None:
+    """The shape of `name` when it is an initializer or a Constant node's output (read without
+    converting its values), else None."""
+    for t in graph.initializer:
+        if t.name == name:
+            return tuple(t.dims)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value":
+                    return tuple(a.t.dims)
+    return None
+
+
 def find_input(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     for i in graph.input:
         if i.name == name:

@@ -24,22 +24,9 @@ Expand is removed. A graph without such a pattern is returned as a copy.
 from __future__ import annotations
 
 import onnx
-from onnx import numpy_helper
 
-from camrt.graph._util import copy
+from camrt.graph._util import constant_shape, copy
 from camrt.graph._util import ranks as util_ranks
-
-
-def _weight_shape(graph: onnx.GraphProto, name: str) -> tuple[int, ...] | None:
-    for t in graph.initializer:
-        if t.name == name:
-            return tuple(t.dims)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            for a in node.attribute:
-                if a.name == "value":
-                    return tuple(numpy_helper.to_array(a.t).shape)
-    return None
 
 
 def _reads_as_b(matmul: onnx.NodeProto, name: str, ranks: dict[str, int], rank: int) -> bool:
@@ -67,7 +54,7 @@ def unexpand_matmul_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in g.node:
         if node.op_type != "Expand":
             continue
-        shape = _weight_shape(g, node.input[0])
+        shape = constant_shape(g, node.input[0])
         users = readers.get(node.output[0], [])
         if shape is None or len(shape) != 2 or min(shape) <= 1 or not users or node.output[0] in graph_outputs:
             continue
