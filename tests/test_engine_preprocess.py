@@ -266,3 +266,23 @@ def test_nonfinite_images_is_exact_when_a_sum_overflows():
     big[1, 2, 3], big[2, 0, 0] = np.nan, -np.inf
     assert nonfinite_images(big, np.zeros((3, 2), np.float32)) == [1, 2]
     assert nonfinite_images(np.full((2, 3), 6e4, np.float16)) == []
+
+
+@pytest.mark.parametrize("where", [0, 5000, 3 * 17 * 1024 + 7, 4 * (3 * 17 * 1024 + 9) - 1])  # last: remainder
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nonfinite_images_finds_one_value_in_a_large_array(where, value):
+    """Large arrays are summed column-wise first (`_total`): one NaN or infinity anywhere, in the
+    rows of 1024 or in the remainder after them, in a contiguous array or a strided view, is found
+    in its image; opposite infinities in different columns and overflowing sums are told apart from
+    finite arrays as with small ones."""
+    from camrt.engine.preprocess import nonfinite_images
+
+    a = np.random.default_rng(0).normal(size=(4, 3 * 17 * 1024 + 9)).astype(np.float32)
+    assert nonfinite_images(a) == []
+    a.reshape(-1)[where] = value
+    assert nonfinite_images(a) == [where // a.shape[1]]
+    assert nonfinite_images(a[:, ::-1]) == [where // a.shape[1]]  # not contiguous: summed as a whole
+    b = np.zeros((4, 64, 1024), np.float32)
+    b[1, 0, 3], b[2, 5, 4] = np.inf, -np.inf  # NaN only in the total of the column sums
+    assert nonfinite_images(b) == [1, 2]
+    assert nonfinite_images(np.full((4, 64, 1024), 3e38, np.float32)) == []

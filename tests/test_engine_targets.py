@@ -122,7 +122,7 @@ def test_segmentation_gradients_match_float64_autograd(segmenter, kind) -> None:
     vec = np.random.default_rng(4).normal(size=(2, K, SIZE, SIZE)).astype(np.float32)
     target = {"mask": RegionTarget(2, mask), "class": ClassTarget(1), "array": ArrayTarget(vec)}[kind]
     p = Engine(path, device="cpu").forward(x, target=target)
-    t = torch.from_numpy(p.outputs[TARGET]).double()
+    t = torch.from_numpy(np.array(p.outputs[TARGET])).double()  # (a copy: the engine's vector is read-only)
     out, acts, grads = eager64(model, x, ["stem", "block"], lambda o: (o * t).flatten(1).sum(1))
     np.testing.assert_allclose(p.outputs[OUTPUT], out, atol=1e-4 * np.abs(out).max())
     np.testing.assert_allclose(p.outputs[SCORE], (out * p.outputs[TARGET]).reshape(2, -1).sum(1), rtol=1e-4)
@@ -132,6 +132,46 @@ def test_segmentation_gradients_match_float64_autograd(segmenter, kind) -> None:
         g = p.outputs[f"gradient.{layer}"]
         assert np.abs(grads[layer]).max() > 0
         assert np.linalg.norm(g - grads[layer]) <= 1e-4 * np.linalg.norm(grads[layer]), layer
+
+
+def test_the_graph_reads_the_target_in_the_backward_only(segmenter) -> None:
+    """The gradient is the vector-Jacobian product with the target as the vector, and the score
+    of an upsampled output is read before the upsampling (Σ t ⊙ R(s) = Σ Rᵀ(t) ⊙ s): no node
+    multiplies the target by the output or by a broadcast of ones. The output is written by the
+    upsampling's MatMul (`unflatten_output_matmuls`), not copied by a Reshape."""
+    import onnx
+
+    _, path, _ = segmenter
+    graph = onnx.load(str(path)).graph
+    readers = [n.op_type for n in graph.node if TARGET in n.input]
+    assert readers and "Mul" not in readers and "Expand" not in {n.op_type for n in graph.node
+                                                                  if any(TARGET in i for i in n.output)}
+    assert next(n.op_type for n in graph.node if OUTPUT in n.output) == "MatMul"
+
+
+def test_a_target_vector_is_reused_while_the_target_is_the_same(segmenter) -> None:
+    """A stream explained for one target builds its vector once (read-only, handed out again); a
+    mask changed in place, another class, another batch size or a region read from the output
+    builds a new one, and the gradients are those of a fresh engine."""
+    _, path, _ = segmenter
+    engine = Engine(path, device="cpu")
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[4:20, 10:30] = True
+    target = RegionTarget(2, mask)
+    first = engine.forward(images(3), target=target).outputs[TARGET]
+    again = engine.forward(images(4), target=target)
+    assert again.outputs[TARGET] is first and not first.flags.writeable
+    fresh = Engine(path, device="cpu").forward(images(4), target=RegionTarget(2, mask.copy()))
+    np.testing.assert_array_equal(again.outputs["gradient.block"], fresh.outputs["gradient.block"])
+    assert engine.forward(images(4), target=RegionTarget(2, mask.copy())).outputs[TARGET] is first  # same values
+    mask[30, 0] = True
+    changed = engine.forward(images(4), target=target).outputs[TARGET]
+    assert changed is not first and changed[0, 2, 30, 0] == 1 and first[0, 2, 30, 0] == 0
+    assert engine.forward(images(4), target=RegionTarget(1, mask)).outputs[TARGET][0, 1, 30, 0] == 1
+    assert engine.forward(images(4, n=3), target=RegionTarget(1, mask)).outputs[TARGET].shape[0] == 3
+    assert engine.forward(images(4), target=ClassTarget(0)).outputs[TARGET][:, 0].all()
+    predicted = [engine.forward(images(seed), target=RegionTarget(0)).outputs[TARGET] for seed in (5, 6)]
+    assert not np.array_equal(*predicted)
 
 
 def test_predicted_region_is_read_from_the_output(segmenter) -> None:

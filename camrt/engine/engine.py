@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +142,7 @@ class Engine:
         if not path.is_file():
             raise InputError(f"model file '{path}' does not exist")
         self.path = path
+        self._last_vector: tuple[Hashable, np.ndarray] | None = None  # (`_target_vector`)
         self.chunk_size = positive_int(chunk_size, "chunk_size")
         if threads is not None:
             positive_int(threads, "threads")
@@ -306,6 +307,19 @@ class Engine:
                              "check the preprocessing that produced the input")
         return Pass(x, out, time.perf_counter() - t0, checked=frozenset(floats))
 
+    def _target_vector(self, built: Target, first: Mapping[str, np.ndarray] | None, shape: tuple[int, ...],
+                       n: int) -> np.ndarray:
+        """`built`'s vector; the last one again (read-only) when the target says it is the same
+        (`Target.reuse_key`) and reads no output."""
+        key = built.reuse_key(shape, n) if first is None else None
+        if key is not None and self._last_vector is not None and self._last_vector[0] == key:
+            return self._last_vector[1]
+        vector = built.vector(None if first is None else first[OUTPUT], shape, n)
+        if key is not None:
+            vector.flags.writeable = False  # it is handed out again (Pass.outputs["target"])
+            self._last_vector = (key, vector)
+        return vector
+
     def _forward_target(self, images: np.ndarray | Sequence[np.ndarray],
                         class_idx: int | Sequence[int] | np.ndarray | None, gradient: bool,
                         target: Target | np.ndarray | None) -> Pass:
@@ -332,7 +346,7 @@ class Engine:
         if built.needs_output or not gradient:
             first = dict(run_chunked(self.graphs.activations(activations), {INPUT: x}, self.chunk_size,
                                      [OUTPUT, *activations], binder=self.graphs.binder))
-        vector = built.vector(None if first is None else first[OUTPUT], shape, len(x))
+        vector = self._target_vector(built, first, shape, len(x))
         if gradient:
             out = dict(self.run(x, vector))
         else:

@@ -34,6 +34,7 @@ Builders:
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,12 @@ class Target:
     def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
         """The vector ``(n, *shape)`` of the VJP for `n` images with model output `output`."""
         raise NotImplementedError
+
+    def reuse_key(self, shape: tuple[int, ...], n: int) -> Hashable | None:
+        """A value that determines ``vector(None, shape, n)`` entirely, by which the engine may reuse
+        the last vector it built (frames of a stream explained for one target: a segmenter's vector
+        is 22 MB at 4×21×256×256, a millisecond or more to build), or None: build it every call."""
+        return None
 
     def score(self, output: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """The explained scalar of each row of `output` (``(k, *shape)``); `vector` is the image's."""
@@ -87,6 +94,9 @@ class ClassTarget(Target):
         v[:, _class(self.k, shape)] = 1.0
         return v
 
+    def reuse_key(self, shape: tuple[int, ...], n: int) -> Hashable | None:
+        return ("class", int(self.k), shape, n)
+
 
 @dataclass(frozen=True)
 class RegionTarget(Target):
@@ -102,19 +112,34 @@ class RegionTarget(Target):
         return self.mask is None
 
     def check(self, shape: tuple[int, ...]) -> None:
-        self.vector(np.zeros((1, *shape), np.float32) if self.mask is None and len(shape) == 3 else None, shape, 1)
+        # (without building a vector: one of a segmenter's outputs is 5.5 MB at 21×256×256)
+        self._class_in(shape)
+        if self.mask is not None:
+            self._weights(shape)
 
     def vector(self, output: np.ndarray | None, shape: tuple[int, ...], n: int) -> np.ndarray:
+        k = self._class_in(shape)
+        if self.mask is None and output is None:
+            raise InputError("a region target without a mask reads the predicted region from the output")
+        weights = None if self.mask is None else self._weights(shape)
+        v = np.zeros((n, *shape), np.float32)
+        v[:, k] = output.argmax(axis=1) == k if weights is None else weights
+        return v
+
+    def reuse_key(self, shape: tuple[int, ...], n: int) -> Hashable | None:
+        if self.mask is None:  # the region is read from each run's output
+            return None
+        mask = np.asarray(self.mask)  # its values, not the object: a mask changed in place is a new target
+        return ("region", int(self.k), shape, n, mask.dtype.str, mask.shape, mask.tobytes())
+
+    def _class_in(self, shape: tuple[int, ...]) -> int:
         if len(shape) != 3:
             raise InputError(f"a region target needs a K×H×W output per image (segmentation); this model's "
                              f"output is {'×'.join(map(str, shape))}")
-        k = _class(self.k, shape)
-        v = np.zeros((n, *shape), np.float32)
-        if self.mask is None:
-            if output is None:
-                raise InputError("a region target without a mask reads the predicted region from the output")
-            v[:, k] = output.argmax(axis=1) == k
-            return v
+        return _class(self.k, shape)
+
+    def _weights(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The mask as float32 weights of the output's H×W, checked."""
         mask = np.asarray(self.mask)
         if mask.shape != shape[1:]:
             raise InputError(f"the mask is {'×'.join(map(str, mask.shape))} and the model's output is "
@@ -127,8 +152,7 @@ class RegionTarget(Target):
         if not np.isfinite(weights).all():
             raise InputError("the mask's values overflow float32 (the model's precision); give weights of at most "
                              "about 3.4e38")
-        v[:, k] = weights
-        return v
+        return weights
 
 
 @dataclass(frozen=True)
