@@ -1,14 +1,16 @@
 """Segmentation Grad-CAM on the CPU (issue 12, "Speed"), side by side in one run.
 
     python tools/bench_segmentation.py [--model deeplabv3_mobilenet_v3_large] [--size 256] [--batch 4]
-                                       [--rounds 5] [--workdir out/bench_segmentation] [--layer backbone|head|NAME]
+                                       [--rounds 5] [--reps 3] [--workdir out/bench_segmentation]
+                                       [--layer backbone|head|NAME]
 
 A torchvision segmentation model with random weights (21 classes; nothing downloaded), exported
 twice: by `camrt export --target --output-index out` at its backbone's last block (the layer
 pytorch-grad-cam's segmentation tutorial targets; `--layer head`: the head's last feature maps before
 its 1×1 classifier, as Grad-CAM reads a classifier's last convolutional layer), and as a plain ONNX model (input → out,
-torch.onnx.export with the dynamo exporter). Then, on one batch of random images, the best of
-`--rounds` calls each (plain and camrt alternating, pytorch-grad-cam after them):
+torch.onnx.export with the dynamo exporter). Then, on one batch of random images, the best call
+each of `--rounds` rounds in which plain and camrt take turns, `--reps` calls in a row each
+(pytorch-grad-cam after them, `--rounds`/2 calls):
 
 - plain: `session.run` of the plain model on ONNX Runtime's CPU provider;
 - camrt: `Engine.explain(x, "gradcam", target=RegionTarget(k, mask))`: the output, the activation
@@ -86,6 +88,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--reps", type=int, default=3, help="calls of plain (then camrt) in a row per round")
     p.add_argument("--workdir", type=Path, default=ROOT / "out" / "bench_segmentation")
     p.add_argument("--layer", default="backbone", help="backbone (pytorch-grad-cam's tutorial layer), head (the "
                    "head's last feature maps, HEAD_LAYERS) or a module name")
@@ -125,7 +128,7 @@ def main() -> None:
     # The target compares camrt with plain inference: those two alternate; pytorch-grad-cam (a column
     # for information) runs apart, after them, so that PyTorch's thread pool does not share the cores
     # with their runs. (Three-way alternation gave the same ratios within noise on 2026-12-04.)
-    best = best_alternating({k: runs[k] for k in ("plain", "camrt")}, a.rounds)
+    best = best_alternating({k: runs[k] for k in ("plain", "camrt")}, a.rounds, a.reps)
     best |= best_alternating({"pytorch-grad-cam": runs["pytorch-grad-cam"]}, max(2, a.rounds // 2))
     ours = engine.explain(x, "gradcam", target=RegionTarget(k, mask)).saliency
     theirs = runs["pytorch-grad-cam"]()
@@ -133,7 +136,8 @@ def main() -> None:
             if ours[i].std() > 0 and theirs[i].std() > 0]
     print(machine())
     print(f"{a.model} (random weights, 21 classes), {a.size}×{a.size}, batch {a.batch}, layer {layer}, "
-          f"class {k} inside a centred square; best of {a.rounds} calls, seconds per batch")
+          f"class {k} inside a centred square; best call of {a.rounds} rounds of {a.reps} (plain, camrt), "
+          "seconds per batch")
     print("| measure | value | ratio | target |")
     print("|---|---|---|---|")
     print(f"| plain ONNX Runtime inference | {best['plain']:.3f} s | 1.00 | |")

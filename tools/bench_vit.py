@@ -93,15 +93,18 @@ print(json.dumps({{"loaded": loaded, "peak": status('VmHWM')}}))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def best_alternating(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """The fastest of `rounds` calls of each function, in seconds, the functions called in turn
-    (in turned order every other round), so that the machine's drift reaches all of them."""
+def best_alternating(runs: dict[str, Callable[[], object]], rounds: int, reps: int = 1) -> dict[str, float]:
+    """The fastest call of each function, in seconds, over `rounds` turns of `reps` calls each, the
+    functions taking turns (in turned order every other round), so that the machine's drift
+    reaches all of them. With `reps` > 1 a function's later calls in a turn do not follow another
+    session's run (ONNX Runtime's worker threads spin for a while after a run, on the same cores)."""
     best = dict.fromkeys(runs, float("inf"))
     for r in range(rounds):
         for name, f in (runs.items() if r % 2 == 0 else reversed(runs.items())):
-            t = time.perf_counter()
-            f()
-            best[name] = min(best[name], time.perf_counter() - t)
+            for _ in range(reps):
+                t = time.perf_counter()
+                f()
+                best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
