@@ -7,10 +7,10 @@ ops with no decomposition, so camrt owns them, and max-pool backward has one tha
 batch is dynamic), so every padding below is an ordinary Python integer.
 
 Every "scatter back onto the input grid" below is a transposed convolution. For the backward of
-a depthwise convolution, of average pooling and of max pooling camrt writes it as an ordinary
-convolution instead: the gradient zero-inserted by the stride, then convolved with the spatially
-flipped kernel (`_transposed_as_conv`); see `convolution_backward` for why. Other convolutions
-keep the transposed convolution (ConvTranspose).
+a depthwise, a dilated or a pointwise convolution, of average pooling and of max pooling camrt
+writes it as an ordinary convolution instead: the gradient zero-inserted by the stride, then
+convolved with the spatially flipped kernel (`_transposed_as_conv`); see `convolution_backward`
+for why. Other convolutions keep the transposed convolution (ConvTranspose).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 aten = torch.ops.aten
 
 # How convolution_backward writes an input gradient: "auto" (the default) as a convolution for
-# depthwise and dilated convolutions and as a transposed convolution otherwise, "conv" always as a
-# convolution, "transpose" always as a transposed convolution (camrt's only form until the
-# depthwise one was added; kept so that the two can be timed on a GPU).
+# depthwise, dilated and pointwise (1×1, stride 1) convolutions and as a transposed convolution
+# otherwise, "conv" always as a convolution, "transpose" always as a transposed convolution
+# (camrt's only form until the depthwise one was added; kept so that the two can be timed on a GPU).
 CONV_BACKWARD_FORMS = ("auto", "conv", "transpose")
 
 
@@ -144,6 +144,13 @@ def is_depthwise(weight: torch.Tensor, groups: int) -> bool:
     return groups > 1 and weight.shape[0] == groups and weight.shape[1] == 1
 
 
+def is_pointwise(weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int]) -> bool:
+    """A 1×1 convolution of stride 1 without padding: its input gradient is the 1×1 convolution
+    with the transposed weight (no zero insertion, no cropping)."""
+    return (all(int(k) == 1 for k in weight.shape[2:]) and all(int(s) == 1 for s in stride)
+            and all(int(p) == 0 for p in padding))
+
+
 def convolution_backward(
     grad_output: torch.Tensor,
     input: torch.Tensor,  # noqa: A002 - ATen's argument name
@@ -179,7 +186,10 @@ def convolution_backward(
       dilated convolution (any dilation > 1): ONNX Runtime's CPU ConvTranspose has no fast path
       for dilation, and the backward of DeepLabV3's three dilated ASPP convolutions (rates 12,
       24, 36; 4×256×256 input) took 155 ms as ConvTranspose against about 15 ms as Conv
-      (tools/bench_segmentation.py, docs/benchmarks.md);
+      (tools/bench_segmentation.py, docs/benchmarks.md). And for a pointwise convolution (1×1,
+      stride 1, no padding), where the flipped form is the 1×1 convolution with the transposed
+      weight: ONNX Runtime's CPU ConvTranspose took 1.06 ms for LR-ASPP's 21 → 128 channel
+      classifier at 4×32×32, where its Conv runs the forward's fast (NCHWc) kernels;
     - as a transposed convolution (ConvTranspose; the default for every other convolution,
       where the grouped-deconvolution concern does not apply or the flipped form would itself
       be a grouped convolution of another shape).
@@ -195,7 +205,8 @@ def convolution_backward(
         raise ValueError(f"form must be one of {CONV_BACKWARD_FORMS}, not {form!r}")
     spatial = _static(input.shape[2:])
     n = len(spatial)
-    if form == "conv" or (form == "auto" and (is_depthwise(weight, groups) or any(int(d) > 1 for d in dilation))):
+    if form == "conv" or (form == "auto" and (is_depthwise(weight, groups) or any(int(d) > 1 for d in dilation)
+                                             or is_pointwise(weight, stride, padding))):
         flipped = _constant(functools.partial(_conv_weight_of_transposed, groups=groups), weight)
         grad_input = _transposed_as_conv(grad_output, flipped, list(stride), list(dilation), groups,
                                          list(padding), spatial)
