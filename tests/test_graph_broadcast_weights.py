@@ -71,3 +71,59 @@ def test_left_alone_where_it_could_change_a_shape(w_shape, x_shape, expand_to, e
     feeds = {"X": RNG.normal(size=x_shape).astype(np.float32)}
     for a, b in zip(run(before, feeds), run(after, feeds), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def left_graph(r: np.ndarray, batch: list[int], to: list[int], x_rank: int = 3, extra_reader: bool = False
+               ) -> onnx.ModelProto:
+    """y = Reshape(Expand(R, batch + R's shape), to) @ X and z = Transpose(that, [0, 2, 1]) @ G, as
+    a separable resize's left-hand product traces (forward and backward)."""
+    m, k = r.shape
+    b = int(np.prod(batch))
+    x_shape, g_shape = ([b, to[2], 7], [b, to[1], 7]) if x_rank == 3 else ([k, 7], [m, 7])
+    nodes = [helper.make_node("Expand", ["R", "shape"], ["Re"]),
+             helper.make_node("Reshape", ["Re", "to"], ["R3"]),
+             helper.make_node("MatMul", ["R3", "X"], ["y"]),
+             helper.make_node("Transpose", ["R3"], ["Rt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["Rt", "G"], ["z"])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")]
+    if extra_reader:
+        nodes.append(helper.make_node("ReduceSum", ["R3"], ["s"], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, None))
+    inits = [numpy_helper.from_array(r, "R"), numpy_helper.from_array(np.array([*batch, m, k], np.int64), "shape"),
+             numpy_helper.from_array(np.array(to, np.int64), "to")]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape),
+              helper.make_tensor_value_info("G", TensorProto.FLOAT, g_shape)]
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def left_feeds(model: onnx.ModelProto) -> dict:
+    return {i.name: RNG.normal(size=[d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in model.graph.input}
+
+
+@pytest.mark.parametrize("to", [[-1, 5, 3], [6, 5, 3]], ids=str)
+def test_a_matrix_multiplied_from_the_left_is_not_copied(to) -> None:
+    """MatMul(Reshape(Expand(R), [-1, M, K]), X) → MatMul(R, X), and its transposed read, as in
+    the separable resize of a segmenter's logits; the Expand, the Reshape and their shapes go."""
+    before = left_graph(RNG.normal(size=(5, 3)).astype(np.float32), [2, 3], to)
+    after = unexpand_matmul_weights(before)
+    assert expands(before) == 1 and expands(after) == 0
+    assert {n.op_type for n in after.graph.node} == {"MatMul", "Transpose"}
+    assert {t.name for t in after.graph.initializer} == {"R"}
+    feeds = left_feeds(before)
+    for a, b in zip(run(before, feeds), run(after, feeds), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["X of rank 2", "another reader", "Reshape to other sizes"])
+def test_the_left_hand_form_is_left_alone_where_it_could_change_a_shape(case) -> None:
+    r = RNG.normal(size=(5, 3)).astype(np.float32)
+    before = {"X of rank 2": lambda: left_graph(r, [1], [1, 5, 3], x_rank=2),  # MatMul(R, X) would be 5×7
+              "another reader": lambda: left_graph(r, [2, 3], [-1, 5, 3], extra_reader=True),
+              "Reshape to other sizes": lambda: left_graph(r, [2, 3], [-1, 15, 1])}[case]()
+    after = unexpand_matmul_weights(before)
+    assert expands(after) == 1
+    feeds = left_feeds(before)
+    for a, b in zip(run(before, feeds), run(after, feeds), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -51,6 +51,19 @@ def constant_shape(graph: onnx.GraphProto, name: str) -> tuple[int, ...] | None:
     return None
 
 
+def drop_unread_initializers(graph: onnx.GraphProto, names: list[str]) -> None:
+    """Remove the initializers among `names` that no node reads (after a rewrite dropped their readers)."""
+    read = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+    for t in [t for t in graph.initializer if t.name in set(names) and t.name not in read]:
+        graph.initializer.remove(t)
+
+
+def forget_shapes(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Drop the recorded shapes (value_info) of `names`, tensors a rewrite reshaped or removed."""
+    for v in [v for v in graph.value_info if v.name in names]:
+        graph.value_info.remove(v)
+
+
 def find_input(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     for i in graph.input:
         if i.name == name:

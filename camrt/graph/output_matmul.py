@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from camrt.graph._util import constant_shape, constant_value, copy
+from camrt.graph._util import constant_shape, constant_value, copy, drop_unread_initializers, forget_shapes
 
 
 def _allowzero(node: onnx.NodeProto) -> int:
@@ -70,6 +70,7 @@ def unflatten_output_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
         g.initializer.append(numpy_helper.from_array(np.array([*shape[:-1].tolist(), w[0]], np.int64), new_shape))
         reshape = helper.make_node("Reshape", [inner.input[0], new_shape], [reshaped], name=f"{name}/unflatten",
                                    allowzero=_allowzero(outer))
+        forget_shapes(g, {matmul.output[0], inner.output[0]})
         matmul.input[0] = reshaped
         matmul.output[0] = name
         g.node.remove(outer)
@@ -77,10 +78,6 @@ def unflatten_output_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
         if readers.get(inner.output[0]) == 1 and inner.output[0] not in graph_outputs:
             g.node.remove(inner)  # it only fed the MatMul
             dropped.append(inner.input[1])
-        for shape_name in dropped:  # a shape constant nothing reads any more
-            readers[shape_name] -= 1
-            if readers[shape_name] == 0:
-                for t in [t for t in g.initializer if t.name == shape_name]:
-                    g.initializer.remove(t)
+        drop_unread_initializers(g, dropped)
         g.node.insert(list(g.node).index(matmul), reshape)
     return out
