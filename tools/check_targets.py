@@ -75,7 +75,7 @@ def check(name: str, work: Path) -> dict:
     hook.remove()
     out = out[picked] if picked else out
     if kind == "region":
-        score = (out * torch.from_numpy(p.outputs[TARGET]).double()).flatten(1).sum(1)
+        score = (out * torch.from_numpy(np.array(p.outputs[TARGET])).double()).flatten(1).sum(1)  # (read-only: a copy)
     else:
         c = torch.from_numpy(np.asarray(target.concept)).double()
         score = torch.nn.functional.cosine_similarity(out, c[None], dim=1)
