@@ -26,35 +26,34 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
     return {v.name: v.type.tensor_type for v in [*g.input, *g.output, *g.value_info] if v.type.HasField("tensor_type")}
 
 
-def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of `name` when it is an initializer or a Constant node's output, else None."""
+def _constant_tensor(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:
+    """The initializer named `name`, or the tensor of the Constant node that outputs it, else None."""
     for t in graph.initializer:
         if t.name == name:
-            return onnx.numpy_helper.to_array(t)
+            return t
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] == name and node.attribute:
-            return onnx.numpy_helper.to_array(node.attribute[0].t)
+            return node.attribute[0].t
     return None
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of `name` when it is an initializer or a Constant node's output, else None."""
+    t = _constant_tensor(graph, name)
+    return None if t is None else onnx.numpy_helper.to_array(t)
 
 
 def constant_shape(graph: onnx.GraphProto, name: str) -> tuple[int, ...] | None:
     """The shape of `name` when it is an initializer or a Constant node's output (read without
     converting its values), else None."""
-    for t in graph.initializer:
-        if t.name == name:
-            return tuple(t.dims)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            for a in node.attribute:
-                if a.name == "value":
-                    return tuple(a.t.dims)
-    return None
+    t = _constant_tensor(graph, name)
+    return None if t is None else tuple(t.dims)
 
 
 def drop_unread_initializers(graph: onnx.GraphProto, names: list[str]) -> None:
     """Remove the initializers among `names` that no node reads (after a rewrite dropped their readers)."""
-    read = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
-    for t in [t for t in graph.initializer if t.name in set(names) and t.name not in read]:
+    unread = set(names) - {i for node in graph.node for i in node.input} - {o.name for o in graph.output}
+    for t in [t for t in graph.initializer if t.name in unread]:
         graph.initializer.remove(t)
 
 
